@@ -1,0 +1,83 @@
+# gpuserve.vllm: the two commands of the README, and their parts.
+#   make deploy   controller setup, then ansible-playbook site.yml (default inventory)
+#   make test     controller + test setup, then every check CI runs
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV      ?= .venv
+BIN       := $(CURDIR)/$(VENV)/bin
+PYTHON    ?= python3
+INVENTORY ?= inventories/local/hosts.yml
+ARGS      ?=
+# Scenarios to run; default: every molecule/<name>/molecule.yml.
+SCENARIOS ?= $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
+
+export PATH := $(BIN):$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help deploy demo test lint unit molecule images docker bench-api clean
+
+help:
+	@echo "make deploy   set up the controller and run site.yml against $(INVENTORY)"
+	@echo "make test     set up the controller and test tools, then run every check"
+	@echo "make demo     run site.yml against a throwaway local systemd container"
+	@echo "make lint | unit | molecule [SCENARIOS='a b'] | images | bench-api"
+
+# --- controller setup -------------------------------------------------------
+$(VENV)/.controller: requirements.txt
+	@command -v $(PYTHON) >/dev/null || { echo "python3 is required (apt-get install python3 python3-venv)"; exit 1; }
+	$(PYTHON) -m venv $(VENV) || { echo "creating the venv failed: apt-get install python3-venv"; exit 1; }
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	@# PyPI's `ansible` bundles requirements.yml's collections; Galaxy only when they are missing.
+	@$(BIN)/ansible-galaxy collection list ansible.posix community.general >/dev/null 2>&1 \
+	  || $(BIN)/ansible-galaxy collection install -r requirements.yml -p collections
+	touch $@
+
+$(VENV)/.tests: $(VENV)/.controller tests/requirements.txt files/api/pyproject.toml
+	$(BIN)/pip install -q -r tests/requirements.txt -e 'files/api[test]'
+	touch $@
+
+# --- the README's commands --------------------------------------------------
+deploy: $(VENV)/.controller
+	$(BIN)/ansible-playbook -i $(INVENTORY) site.yml $(ARGS)
+
+test: $(VENV)/.tests docker images lint unit molecule
+	@echo "make test: all checks passed"
+
+# --- parts ------------------------------------------------------------------
+docker:
+	tests/docker-engine.sh
+
+images: docker
+	@command -v debootstrap >/dev/null || { apt-get update -qq && apt-get install -y -qq debootstrap >/dev/null; }
+	tests/images/build.sh
+
+lint: $(VENV)/.tests
+	yamllint -s .
+	ansible-lint --profile production
+	for p in site.yml playbooks/*.yml; do ansible-playbook --syntax-check "$$p"; done
+	ruff check .
+	ruff format --check .
+	$(BIN)/python tests/check_argument_specs.py
+
+unit: $(VENV)/.tests
+	$(BIN)/pytest -p no:cacheprovider tests/unit files/api/tests
+
+molecule: $(VENV)/.tests docker images
+	@for s in $(SCENARIOS); do \
+	  echo "=== molecule test -s $$s"; start=$$(date +%s); \
+	  molecule test -s "$$s" || { echo "molecule scenario $$s FAILED"; exit 1; }; \
+	  echo "=== molecule scenario $$s passed in $$(( $$(date +%s) - start )) s"; \
+	done
+
+demo: $(VENV)/.tests docker images
+	$(BIN)/python tests/demo.py
+
+bench-api: $(VENV)/.tests
+	$(BIN)/python -m gpuserve_api.bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

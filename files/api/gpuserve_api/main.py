@@ -1,0 +1,154 @@
+"""Application factory: ``create_app(config)`` builds the gateway; resources live in
+the lifespan (one pooled upstream client per model, per worker)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+
+from . import __version__
+from .auth import KeyStore, load_keys
+from .config import GatewayConfig, Upstream, load_config
+from .deps import GatewayState
+from .limits import InFlight
+from .logs import setup_logging
+from .metrics import GatewayMetrics
+from .middleware import GatewayMiddleware
+from .protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    GatewayError,
+    TritonGenerateRequest,
+)
+from .routers import health, metrics, openai, triton
+from .serving import OpenAIServing, ReadinessCache, Registry, TritonServing
+from .upstream import HttpxUpstream, UpstreamClient
+
+log = logging.getLogger("gpuserve.gateway")
+
+UpstreamFactory = Callable[[Upstream], UpstreamClient]
+
+
+def _error_response(request: Request, err: GatewayError) -> Response:
+    body = err.triton_body() if request.url.path.startswith("/v2") else err.openai_body()
+    info = getattr(request.state, "gw_info", None)
+    if info is not None:
+        info.error = err.message
+    return JSONResponse(body, status_code=err.status, headers=err.headers or None)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(GatewayError)
+    async def gateway_error(request: Request, err: GatewayError) -> Response:
+        return _error_response(request, err)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, err: RequestValidationError) -> Response:
+        first = err.errors()[0] if err.errors() else {}
+        loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        msg = f"{loc}: {first.get('msg', 'invalid request')}" if loc else "invalid request"
+        return _error_response(request, GatewayError(400, msg, param=loc or None))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> Response:
+        message = {404: "Not Found", 405: "Method Not Allowed"}.get(
+            err.status_code, str(err.detail)
+        )
+        return _error_response(
+            request, GatewayError(err.status_code, message, "invalid_request_error")
+        )
+
+
+def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """The generated schema plus the request bodies the hot path parses by hand."""
+
+    def build() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, routes=app.routes, description=app.description
+        )
+        comps = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (CompletionRequest, ChatCompletionRequest, TritonGenerateRequest):
+            js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            comps.update(js.pop("$defs", {}))
+            comps[model.__name__] = js
+        app.openapi_schema = schema
+        return schema
+
+    return build
+
+
+def create_app(
+    config: GatewayConfig,
+    upstream_factory: UpstreamFactory = HttpxUpstream,
+    keys: KeyStore | None = None,
+) -> FastAPI:
+    """Build the gateway app. Raises ConfigError when the keys file is unusable."""
+    if config.auth.enabled and keys is None:
+        assert config.auth.keys_file is not None  # guaranteed by the config schema
+        keys = load_keys(config.auth.keys_file)
+    if not config.auth.enabled:
+        keys = None
+    metrics_obj = GatewayMetrics() if config.metrics.enabled else None
+    limiter = InFlight(config.limits)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        clients = {up.name: upstream_factory(up) for up in config.upstreams}
+        registry = Registry.build(config, clients)
+        app.state.gw = GatewayState(
+            config=config,
+            registry=registry,
+            openai=OpenAIServing(config, registry),
+            triton=TritonServing(config, registry),
+            readiness=ReadinessCache(config, registry),
+            metrics=metrics_obj,
+        )
+        log.info(
+            "gateway started",
+            extra={
+                "fields": {
+                    "upstreams": [u.name for u in config.upstreams],
+                    "auth": config.auth.enabled,
+                    "version": __version__,
+                }
+            },
+        )
+        try:
+            yield
+        finally:
+            for client in clients.values():
+                await client.aclose()
+
+    app = FastAPI(
+        title="gpuserve gateway",
+        version=__version__,
+        description="OpenAI-compatible and Triton generate API in front of vLLM.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    _install_error_handlers(app)
+    for module in (health, metrics, openai, triton):
+        app.include_router(module.router)
+    app.add_middleware(
+        GatewayMiddleware, config=config, keys=keys, limiter=limiter, metrics=metrics_obj
+    )
+    app.openapi = _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory for worker processes: config from $GPUSERVE_API_CONFIG."""
+    config = load_config()
+    setup_logging(config.logging)
+    return create_app(config)

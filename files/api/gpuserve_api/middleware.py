@@ -1,0 +1,242 @@
+"""Cross-cutting request handling as one pure ASGI middleware (no body buffering).
+
+Order: request id -> auth -> body size -> in-flight caps -> app; then metrics and
+one structured log line. Streams count as in flight until their last byte.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .auth import KeyStore, bearer_token
+from .config import GatewayConfig
+from .context import RequestInfo
+from .limits import InFlight
+from .logs import ACCESS
+from .metrics import GatewayMetrics
+from .protocol import GatewayError
+
+log = logging.getLogger("gpuserve.gateway")
+access_log = logging.getLogger(ACCESS)
+
+_RID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+_READY_V2 = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/ready$")
+_QUIET = frozenset({"/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready"})
+
+KNOWN_ROUTES = {
+    "/v1/completions": "/v1/completions",
+    "/v1/chat/completions": "/v1/chat/completions",
+    "/v1/models": "/v1/models",
+    "/health": "/health",
+    "/ready": "/ready",
+    "/metrics": "/metrics",
+    "/v2": "/v2",
+    "/v2/health/live": "/v2/health",
+    "/v2/health/ready": "/v2/health",
+}
+
+
+def route_label(path: str) -> str:
+    """A bounded label for metrics (never the raw path)."""
+    label = KNOWN_ROUTES.get(path)
+    if label:
+        return label
+    if path.startswith("/v2/"):
+        if path.endswith("/generate_stream"):
+            return "/v2/generate_stream"
+        if path.endswith("/generate"):
+            return "/v2/generate"
+        if path.endswith("/ready"):
+            return "/v2/models/ready"
+        return "/v2/models"
+    if path.startswith("/v1/models/"):
+        return "/v1/models"
+    if path.startswith("/v1/"):
+        return "/v1/*"
+    return "other"
+
+
+def is_open(path: str) -> bool:
+    """Health, metrics and the API schema need no key."""
+    return (
+        not (path.startswith("/v1/") or path.startswith("/v2"))
+        or path in ("/v2/health/live", "/v2/health/ready")
+        or bool(_READY_V2.match(path))
+    )
+
+
+def error_bytes(path: str, err: GatewayError) -> bytes:
+    body = err.triton_body() if path.startswith("/v2") else err.openai_body()
+    return json.dumps(body).encode()
+
+
+class GatewayMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        config: GatewayConfig,
+        keys: KeyStore | None,
+        limiter: InFlight,
+        metrics: GatewayMetrics | None,
+    ) -> None:
+        self.app = app
+        self.config = config
+        self.keys = keys
+        self.limiter = limiter
+        self.metrics = metrics
+        self.max_body = config.limits.max_body_bytes
+        self.retry_after = str(config.limits.retry_after_seconds)
+        self.access = config.logging.access_log
+
+    async def _reject(self, send: Send, path: str, err: GatewayError) -> None:
+        headers = [(b"content-type", b"application/json")]
+        headers += [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
+        await send({"type": "http.response.start", "status": err.status, "headers": headers})
+        await send({"type": "http.response.body", "body": error_bytes(path, err)})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        path: str = scope["path"]
+        rid = None
+        auth_header = None
+        length = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                rid = value.decode("latin-1")
+            elif name == b"authorization":
+                auth_header = value.decode("latin-1")
+            elif name == b"content-length":
+                length = value
+        if rid is None or not _RID.match(rid):
+            rid = uuid.uuid4().hex
+        info = RequestInfo(request_id=rid, route=route_label(path))
+        scope.setdefault("state", {})["gw_info"] = info
+        rid_header = (b"x-request-id", rid.encode())
+        first_byte: list[float] = []
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                info.status = message["status"]
+                message["headers"] = [*message.get("headers", []), rid_header]
+            elif not first_byte and message.get("body"):
+                first_byte.append(time.perf_counter())
+            await send(message)
+
+        acquired: str | None = None
+        try:
+            if not is_open(path):
+                info.key = "anonymous"
+                if self.keys is not None:
+                    name = self.keys.lookup(bearer_token(auth_header) or "")
+                    if name is None:
+                        info.key = "invalid"
+                        raise GatewayError(
+                            401,
+                            "Invalid or missing API key: send `Authorization: Bearer <key>`",
+                            "authentication_error",
+                            "invalid_api_key",
+                        )
+                    info.key = name
+                if length is not None:
+                    try:
+                        size = int(length)
+                    except ValueError:
+                        raise GatewayError(400, "invalid Content-Length header") from None
+                    if size > self.max_body:
+                        raise GatewayError(
+                            413,
+                            f"request body is {size} bytes, over this server's limit "
+                            f"limits.max_body_bytes = {self.max_body}",
+                            code="body_over_limit",
+                        )
+                refused = self.limiter.try_acquire(info.key)
+                if refused:
+                    if self.metrics:
+                        self.metrics.rejected.labels(reason=refused).inc()
+                    raise GatewayError(
+                        429,
+                        f"too many requests in flight ({refused}); retry later",
+                        "rate_limit_error",
+                        "too_many_requests",
+                        headers={"Retry-After": self.retry_after},
+                    )
+                acquired = info.key
+                if self.metrics:
+                    self.metrics.in_flight.inc()
+            await self.app(scope, receive, send_wrapper)
+        except GatewayError as err:
+            info.error = err.message
+            err.headers["X-Request-ID"] = rid
+            await self._reject(send_wrapper, path, err)
+        except Exception:
+            log.exception("unhandled error", extra={"fields": {"request_id": rid, "path": path}})
+            if not info.status:
+                info.error = "internal error"
+                await self._reject(
+                    send_wrapper,
+                    path,
+                    GatewayError(500, f"internal error (request id {rid})", "internal_error"),
+                )
+        finally:
+            if acquired is not None:
+                self.limiter.release(acquired)
+                if self.metrics:
+                    self.metrics.in_flight.dec()
+            end = time.perf_counter()
+            self._record(path, scope, info, start, end, first_byte[0] if first_byte else None)
+
+    def _record(
+        self,
+        path: str,
+        scope: Scope,
+        info: RequestInfo,
+        start: float,
+        end: float,
+        first: float | None,
+    ) -> None:
+        m = self.metrics
+        if m is not None and info.route != "/metrics":
+            m.requests.labels(info.route, info.model, info.key, str(info.status)).inc()
+            m.duration.labels(info.route, info.model).observe(end - start)
+            if first is not None:
+                m.ttfb.labels(info.route, info.model).observe(first - start)
+            if info.chunks:
+                m.chunks.labels(info.route, info.model).inc(info.chunks)
+            if info.prompt_tokens:
+                m.tokens.labels(info.model, "prompt").inc(info.prompt_tokens)
+            if info.completion_tokens:
+                m.tokens.labels(info.model, "completion").inc(info.completion_tokens)
+            if info.upstream_error:
+                m.upstream_errors.labels(info.model, info.upstream_error).inc()
+        if not self.access or (path in _QUIET and info.status < 400):
+            return
+        fields: dict[str, Any] = {
+            "request_id": info.request_id,
+            "method": scope["method"],
+            "path": path,
+            "route": info.route,
+            "model": info.model,
+            "key": info.key,
+            "status": info.status,
+            "duration_ms": round((end - start) * 1000, 3),
+            "ttfb_ms": round((first - start) * 1000, 3) if first is not None else None,
+            "prompt_tokens": info.prompt_tokens,
+            "completion_tokens": info.completion_tokens,
+            "chunks": info.chunks,
+        }
+        if info.upstream_error:
+            fields["upstream_error"] = info.upstream_error
+        if info.error:
+            fields["error"] = info.error
+        fields.update(info.extra)
+        access_log.info("request", extra={"fields": fields})

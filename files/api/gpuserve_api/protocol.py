@@ -1,0 +1,191 @@
+"""Wire formats: pydantic models only (requests, responses, errors).
+
+The OpenAI request models document the fields the gateway itself checks; every other
+field is passed to vLLM unchanged (``extra="allow"``). They feed the OpenAPI schema
+(docs and fuzzing); the hot path parses JSON once and checks the same fields by hand.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+# --- errors ------------------------------------------------------------------------
+class ErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: int | str | None = None
+
+
+class OpenAIError(BaseModel):
+    """OpenAI's (and vLLM's) error shape, used on /v1 and the gateway's own routes."""
+
+    error: ErrorInfo
+
+
+class TritonError(BaseModel):
+    """Triton's error shape, used on /v2."""
+
+    error: str
+
+
+class GatewayError(Exception):
+    """An error the gateway answers itself; routers turn it into a response."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        err_type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.err_type = err_type
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+    def openai_body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.err_type,
+                "param": self.param,
+                "code": self.code if self.code is not None else self.status,
+            }
+        }
+
+    def triton_body(self) -> dict[str, Any]:
+        return {"error": self.message}
+
+
+# --- OpenAI requests (documentation + fuzzing schema) --------------------------------
+class _Passthrough(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ChatMessage(_Passthrough):
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class StreamOptions(_Passthrough):
+    include_usage: bool | None = None
+
+
+class CompletionRequest(_Passthrough):
+    """POST /v1/completions. Other vLLM/OpenAI fields pass through unchanged."""
+
+    model: str
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1)
+    best_of: int | None = Field(None, ge=1)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+
+
+class ChatCompletionRequest(_Passthrough):
+    """POST /v1/chat/completions. Other vLLM/OpenAI fields pass through unchanged."""
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+
+
+class ModelCard(_Passthrough):
+    id: str
+    object: str = "model"
+    created: int = 0
+    owned_by: str = "vllm"
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: list[ModelCard]
+
+
+# --- Triton generate extension ---------------------------------------------------
+class TritonGenerateRequest(_Passthrough):
+    """Triton's generate request for the vLLM backend.
+
+    Top-level keys other than ``text_input``/``parameters`` count as parameters, as in
+    Triton. ``sampling_parameters`` may be a JSON string (Triton vLLM backend style).
+    """
+
+    text_input: str
+    parameters: dict[str, Any] | None = None
+    stream: bool | None = None
+    sampling_parameters: str | dict[str, Any] | None = None
+    exclude_input_in_output: bool | None = None
+    return_finish_reason: bool | None = None
+    return_num_input_tokens: bool | None = None
+    return_num_output_tokens: bool | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+
+
+class TritonGenerateResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model_name: str
+    model_version: str
+    text_output: str
+    finish_reason: str | None = None
+    num_input_tokens: int | None = None
+    num_output_tokens: int | None = None
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+# --- health ----------------------------------------------------------------------
+class UpstreamReadiness(BaseModel):
+    ready: bool
+    required: bool
+    detail: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    models: dict[str, UpstreamReadiness]

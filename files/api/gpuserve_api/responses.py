@@ -1,0 +1,92 @@
+"""Response helpers shared by the routers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import anyio
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from .protocol import GatewayError
+
+
+class RelayResponse(Response):
+    """Relay a byte stream chunk by chunk, unbuffered.
+
+    Watches for the client's disconnect while streaming (also while the upstream is
+    silent) and always closes the upstream when done, so vLLM aborts the request.
+    """
+
+    def __init__(
+        self,
+        stream: AsyncIterator[bytes],
+        status_code: int,
+        headers: dict[str, str],
+        close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.stream = stream
+        self.status_code = status_code
+        self.close = close
+        self.background = None
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stream = self.stream
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def watch() -> None:
+                    while True:
+                        message = await receive()
+                        if message["type"] == "http.disconnect":
+                            tg.cancel_scope.cancel()
+                            return
+
+                tg.start_soon(watch)
+                try:
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": self.status_code,
+                            "headers": self.raw_headers,
+                        }
+                    )
+                    async for chunk in stream:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                except OSError:
+                    pass  # the client went away: treated like a disconnect
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                aclose = getattr(stream, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+                if self.close is not None:
+                    await self.close()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes (413) as it arrives."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise GatewayError(
+                    413,
+                    f"request body is over this server's limit limits.max_body_bytes = {limit}",
+                    code="body_over_limit",
+                )
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise GatewayError(400, "client disconnected while sending the body") from None
+    return b"".join(chunks)
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return JSONResponse(data, status_code=status)

@@ -1,0 +1,1 @@
+"""One APIRouter per file: openai (/v1), triton (/v2), health, metrics."""
