@@ -64,7 +64,8 @@ lint: $(VENV)/.tests
 	$(BIN)/python tests/check_argument_specs.py
 
 unit: $(VENV)/.tests
-	$(BIN)/pytest -p no:cacheprovider tests/unit files/api/tests
+	$(BIN)/pytest -p no:cacheprovider -rs tests/unit tests/playbooks tests/gpu
+	cd files/api && $(BIN)/pytest -p no:cacheprovider tests
 
 molecule: $(VENV)/.tests docker images
 	@for s in $(SCENARIOS); do \

@@ -74,6 +74,10 @@ def load_keys(path: str) -> KeyStore:
             )
         if name in names:
             raise ConfigError(f"{where}: keys[{i}].name {name!r} is used twice")
+        if isinstance(digest, int):
+            raise ConfigError(
+                f'{where}: keys[{i}].sha256 was read as a number by YAML; quote it (sha256: "...")'
+            )
         if not isinstance(digest, str) or not _HEX.match(digest):
             raise ConfigError(
                 f"{where}: keys[{i}].sha256 must be 64 lowercase hex digits "

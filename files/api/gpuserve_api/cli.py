@@ -59,7 +59,7 @@ def _hash(args: argparse.Namespace) -> int:
             return _fail("hash-key: no key on stdin (or use --generate)")
     digest = hash_key(key)
     if args.name:
-        print(f"- name: {args.name}\n  sha256: {digest}")
+        print(f'- name: {args.name}\n  sha256: "{digest}"')
     else:
         print(f"sha256: {digest}" if args.generate else digest)
     return 0

@@ -1,4 +1,4 @@
-"""Shared dependencies: the app's state and the per-request info."""
+"""Shared dependencies (async: FastAPI would run sync ones in a thread pool)."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ class GatewayState:
     metrics: GatewayMetrics | None
 
 
-def get_state(request: Request) -> GatewayState:
+async def get_state(request: Request) -> GatewayState:
     return request.app.state.gw
 
 
-def get_info(request: Request) -> RequestInfo:
+async def get_info(request: Request) -> RequestInfo:
     return request.state.gw_info

@@ -31,10 +31,18 @@ from .protocol import (
 from .routers import health, metrics, openai, triton
 from .serving import OpenAIServing, ReadinessCache, Registry, TritonServing
 from .upstream import HttpxUpstream, UpstreamClient
+from .upstream_native import NativeUpstream
 
 log = logging.getLogger("gpuserve.gateway")
 
 UpstreamFactory = Callable[[Upstream], UpstreamClient]
+
+
+def default_upstream_factory(config: Upstream) -> UpstreamClient:
+    """The client named by ``upstreams[].client``."""
+    if config.client == "httpx":
+        return HttpxUpstream(config)
+    return NativeUpstream(config)
 
 
 def _error_response(request: Request, err: GatewayError) -> Response:
@@ -89,7 +97,7 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
 
 def create_app(
     config: GatewayConfig,
-    upstream_factory: UpstreamFactory = HttpxUpstream,
+    upstream_factory: UpstreamFactory = default_upstream_factory,
     keys: KeyStore | None = None,
 ) -> FastAPI:
     """Build the gateway app. Raises ConfigError when the keys file is unusable."""

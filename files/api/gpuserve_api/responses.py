@@ -45,7 +45,7 @@ class RelayResponse(Response):
                             tg.cancel_scope.cancel()
                             return
 
-                tg.start_soon(watch)
+                tg.start_soon(watch, name="disconnect-watch")
                 try:
                     await send(
                         {

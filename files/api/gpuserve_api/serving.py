@@ -20,7 +20,13 @@ import anyio
 from .config import GatewayConfig, Limits
 from .context import RequestInfo
 from .protocol import GatewayError
-from .upstream import UpstreamClient, UpstreamFailure, UpstreamResponse, UpstreamTimeout
+from .upstream import (
+    InvalidUpstreamRequest,
+    UpstreamClient,
+    UpstreamFailure,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 
 log = logging.getLogger("gpuserve.gateway")
 
@@ -230,6 +236,8 @@ class OpenAIServing:
             resp = await upstream.send(method, path, self._headers(info), raw)
         except UpstreamFailure as err:
             raise _upstream_error(info, err) from None
+        except InvalidUpstreamRequest as err:
+            raise GatewayError(400, f"invalid request path: {err}", code="invalid_path") from None
         return await self._relay(resp, info)
 
     async def _relay(self, resp: UpstreamResponse, info: RequestInfo) -> ProxyResult:

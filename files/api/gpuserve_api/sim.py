@@ -569,14 +569,8 @@ class SimServer:
         if max_tokens is None:
             max_tokens = cfg.max_model_len - prompt_tokens
         stop = body.get("stop")
-        stops = (
-            {stop}
-            if isinstance(stop, str)
-            else set(stop or [])
-            if isinstance(stop, list)
-            else set()
-        )
-        stops = {s.strip() for s in stops if isinstance(s, str) and s.strip()}
+        items = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
+        stops = {x.strip() for x in items if isinstance(x, str) and x.strip()}
         ignore_eos = bool(body.get("ignore_eos", False))
         key = f"{cfg.seed}|{seed}|{prompt}"
         natural = []
@@ -675,6 +669,7 @@ class SimServer:
                 raise SimError(400, "stream: must be a boolean", "BadRequestError", "stream")
             so = body.get("stream_options") or {}
             include_usage = bool(isinstance(so, dict) and so.get("include_usage"))
+            continuous = include_usage and bool(so.get("continuous_usage_stats"))
             rid = await self._gate(request)
         except SimError as err:
             return _error(err)
@@ -687,6 +682,7 @@ class SimServer:
             echo=prompt if (not chat and body.get("echo")) else "",
             prompt_tokens=ptoks,
             include_usage=include_usage,
+            continuous_usage=continuous,
         )
         if stream:
             return StreamingResponse(
@@ -784,6 +780,11 @@ class SimServer:
                 if not tok and not fin:
                     continue
                 completion += 1 if tok else 0
+                if ctx.continuous_usage:  # vLLM: usage so far on every chunk
+                    tail = (
+                        f'],"usage":{{"prompt_tokens":{ctx.prompt_tokens},"total_tokens":'
+                        f'{ctx.prompt_tokens + completion},"completion_tokens":{completion}}}}}\n\n'
+                    )
                 fr = f'"{fin}"' if fin else "null"
                 if ctx.chat:
                     out.append(
@@ -824,6 +825,7 @@ class _Ctx:
     echo: str
     prompt_tokens: int
     include_usage: bool
+    continuous_usage: bool = False
 
 
 async def _wait_disconnect(request: Request, limit: float) -> None:

@@ -34,6 +34,10 @@ class UpstreamTimeout(UpstreamFailure):
     kind = "timeout"
 
 
+class InvalidUpstreamRequest(ValueError):
+    """The request cannot be expressed towards the upstream (e.g. an invalid URL)."""
+
+
 class UpstreamResponse(abc.ABC):
     """A response whose body is read incrementally; always ``aclose()`` it."""
 
@@ -111,7 +115,7 @@ class HttpxUpstream(UpstreamClient):
             limits=httpx.Limits(
                 max_connections=config.max_connections,
                 max_keepalive_connections=config.max_keepalive_connections,
-                keepalive_expiry=30.0,
+                keepalive_expiry=4.0,  # vLLM (uvicorn) drops idle ones after 5 s
             ),
         )
         self._client = httpx.AsyncClient(
@@ -126,7 +130,10 @@ class HttpxUpstream(UpstreamClient):
     async def send(
         self, method: str, path: str, headers: Mapping[str, str], body: bytes | None
     ) -> UpstreamResponse:
-        req = self._client.build_request(method, path, headers=headers, content=body)
+        try:
+            req = self._client.build_request(method, path, headers=headers, content=body)
+        except (httpx.InvalidURL, ValueError) as err:
+            raise InvalidUpstreamRequest(str(err)) from None
         try:
             resp = await self._client.send(req, stream=True)
         except httpx.HTTPError as err:

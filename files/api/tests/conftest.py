@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from api_env import ALIAS, KEY_ALICE, KEY_BOB, LIMITS, MODEL
-
 from gpuserve_api.auth import hash_key
 from gpuserve_api.procs import Proc, start_gateway, start_sim
 
@@ -31,7 +30,8 @@ def keys_file(workdir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def sim(workdir: Path) -> Iterator[Proc]:
-    proc = start_sim(workdir, model=MODEL, ttft_ms=10, itl_ms=2, max_num_seqs=64, max_model_len=512, seed=7
+    proc = start_sim(
+        workdir, model=MODEL, ttft_ms=10, itl_ms=2, max_num_seqs=64, max_model_len=512, seed=7
     )
     yield proc
     proc.stop()

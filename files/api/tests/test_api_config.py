@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from gpuserve_api.auth import hash_key, load_keys
 from gpuserve_api.cli import main
 from gpuserve_api.config import ConfigError, load_config
@@ -28,7 +27,7 @@ def test_example_config_is_valid_and_documents_every_setting() -> None:
     assert config.upstreams[0].name == "phi-2"
     text = EXAMPLE.read_text()
     for section, model in config:
-        if hasattr(model, "model_fields"):
+        if hasattr(type(model), "model_fields"):
             for name in type(model).model_fields:
                 assert f"{name}:" in text, f"{section}.{name} missing from the example"
 
@@ -38,22 +37,38 @@ def test_example_config_is_valid_and_documents_every_setting() -> None:
     [
         ("upstreams: [\n  - name: m\n    base_url: x\n  bad", "not valid YAML at line"),
         ({}, "upstreams: required setting is missing"),
-        ({**GOOD, "listen": {"port": 70000}}, "listen.port: Input should be less than or "
-                                             "equal to 65535 (got 70000)"),
+        (
+            {**GOOD, "listen": {"port": 70000}},
+            "listen.port: Input should be less than or equal to 65535 (got 70000)",
+        ),
         ({**GOOD, "listen": {"prot": 1}}, "listen.prot: unknown setting"),
-        ({"upstreams": [{"name": "m", "base_url": "http://h:1/v1"}]},
-         "upstreams.0.base_url: 'http://h:1/v1' is not allowed: use http://HOST:PORT"),
-        ({"upstreams": [{"name": "m", "base_url": "http://h:1", "uds": "/s"}]},
-         "set exactly one of base_url"),
+        (
+            {"upstreams": [{"name": "m", "base_url": "http://h:1/v1"}]},
+            "upstreams.0.base_url: 'http://h:1/v1' is not allowed: use http://HOST:PORT",
+        ),
+        (
+            {"upstreams": [{"name": "m", "base_url": "http://h:1", "uds": "/s"}]},
+            "set exactly one of base_url",
+        ),
         ({"upstreams": [{"name": "m", "uds": "rel.sock"}]}, "must be absolute"),
-        ({"upstreams": [{"name": "m", "base_url": "http://h:1"},
-                        {"name": "n", "aliases": ["m"], "base_url": "http://h:2"}]},
-         "'m' is used twice"),
+        (
+            {
+                "upstreams": [
+                    {"name": "m", "base_url": "http://h:1"},
+                    {"name": "n", "aliases": ["m"], "base_url": "http://h:2"},
+                ]
+            },
+            "'m' is used twice",
+        ),
         ({**GOOD, "auth": {"enabled": True}}, "auth.keys_file must be set"),
-        ({**GOOD, "logging": {"format": "xml"}}, "logging.format: Input should be 'json' or "
-                                                 "'text' (got 'xml')"),
-        ({**GOOD, "limits": {"max_tokens": 0}}, "limits.max_tokens: Input should be greater "
-                                                "than or equal to 1"),
+        (
+            {**GOOD, "logging": {"format": "xml"}},
+            "logging.format: Input should be 'json' or 'text' (got 'xml')",
+        ),
+        (
+            {**GOOD, "limits": {"max_tokens": 0}},
+            "limits.max_tokens: Input should be greater than or equal to 1",
+        ),
         ("- just\n- a list\n", "the top level must be a mapping"),
     ],
 )
@@ -68,8 +83,12 @@ def test_bad_config_gives_one_clear_message(tmp_path: Path, data: object, needle
 
 def test_bad_config_refuses_to_start_without_traceback(tmp_path: Path) -> None:
     path = _write(tmp_path, {**GOOD, "listen": {"workers": "many"}})
-    run = subprocess.run([sys.executable, "-m", "gpuserve_api", "--config", str(path)],
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-m", "gpuserve_api", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 2
     assert run.stdout == ""
     lines = run.stderr.strip().splitlines()
@@ -78,8 +97,9 @@ def test_bad_config_refuses_to_start_without_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in run.stderr
 
 
-def test_missing_config_file_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_config_file_and_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.delenv("GPUSERVE_API_CONFIG", raising=False)
     with pytest.raises(SystemExit) as exc:
         main(["check-config"])
@@ -91,10 +111,11 @@ def test_missing_config_file_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert "cannot read gateway config" in capsys.readouterr().err
 
 
-def test_check_config_validates_keys_file(tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_validates_keys_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     keys = tmp_path / "keys.yml"
-    keys.write_text("keys:\n  - name: alice\n    sha256: 1234\n")
+    keys.write_text("keys:\n  - name: alice\n    sha256: abc123\n")
     path = _write(tmp_path, {**GOOD, "auth": {"enabled": True, "keys_file": str(keys)}})
     with pytest.raises(SystemExit) as exc:
         main(["check-config", "--config", str(path)])
@@ -112,8 +133,15 @@ def test_check_config_validates_keys_file(tmp_path: Path,
     [
         ("keys: {}\n", "expected a mapping with a list 'keys'"),
         ("keys:\n  - name: a b\n    sha256: " + "0" * 64 + "\n", "is not allowed"),
-        ("keys:\n  - name: a\n    sha256: " + "0" * 64 + "\n  - name: a\n    sha256: "
-         + "1" * 64 + "\n", "used twice"),
+        (
+            "keys:\n  - name: a\n    sha256: "
+            + "a" * 64
+            + "\n  - name: a\n    sha256: "
+            + "b" * 64
+            + "\n",
+            "used twice",
+        ),
+        ("keys:\n  - name: a\n    sha256: " + "1" * 64 + "\n", "quote it"),
         ("keys:\n  - name: a\n    key: plain\n", "exactly 'name' and 'sha256'"),
     ],
 )
@@ -124,15 +152,16 @@ def test_bad_keys_file(tmp_path: Path, content: str, needle: str) -> None:
         load_keys(str(path))
 
 
-def test_hash_key_cli_matches_lookup(monkeypatch: pytest.MonkeyPatch,
-                                     capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_hash_key_cli_matches_lookup(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     import io
 
     monkeypatch.setattr(sys, "stdin", io.StringIO("s3cret\n"))
     with pytest.raises(SystemExit):
         main(["hash-key", "--name", "carol"])
     entry = capsys.readouterr().out
-    assert entry == f"- name: carol\n  sha256: {hash_key('s3cret')}\n"
+    assert entry == f'- name: carol\n  sha256: "{hash_key("s3cret")}"\n'
     path = tmp_path / "keys.yml"
     path.write_text("keys:\n" + "".join("  " + line + "\n" for line in entry.splitlines()))
     store = load_keys(str(path))

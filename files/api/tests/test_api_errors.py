@@ -12,7 +12,6 @@ import httpx
 import openai
 import pytest
 from api_env import KEY_ALICE, KEY_BOB, MODEL
-
 from gpuserve_api.procs import Proc, free_port, start_gateway, start_sim
 
 AUTH = {"Authorization": f"Bearer {KEY_ALICE}"}
@@ -42,20 +41,35 @@ def _wait_metric(url: str, name: str, want: float, timeout: float = 5.0) -> floa
         (b"[1, 2]", 400, "invalid_json", "JSON object"),
         (b'{"prompt": "x"}', 400, "missing_model", "`model` is required"),
         (b'{"model": "nope", "prompt": "x"}', 404, "model_not_found", "nope"),
-        (b'{"model": "sim-model", "prompt": "x", "max_tokens": 257}', 400,
-         "max_tokens_over_limit", "limits.max_tokens = 256"),
-        (b'{"model": "sim-model", "prompt": "x", "max_tokens": "9"}', 400, "invalid_type",
-         "max_tokens"),
-        (b'{"model": "sim-model", "prompt": "x", "n": 5}', 400, "n_over_limit",
-         "limits.max_n = 4"),
-        (b'{"model": "sim-model", "prompt": "' + b"y" * 2001 + b'"}', 413, "prompt_over_limit",
-         "limits.max_prompt_chars = 2000"),
+        (
+            b'{"model": "sim-model", "prompt": "x", "max_tokens": 257}',
+            400,
+            "max_tokens_over_limit",
+            "limits.max_tokens = 256",
+        ),
+        (
+            b'{"model": "sim-model", "prompt": "x", "max_tokens": "9"}',
+            400,
+            "invalid_type",
+            "max_tokens",
+        ),
+        (b'{"model": "sim-model", "prompt": "x", "n": 5}', 400, "n_over_limit", "limits.max_n = 4"),
+        (
+            b'{"model": "sim-model", "prompt": "' + b"y" * 2001 + b'"}',
+            413,
+            "prompt_over_limit",
+            "limits.max_prompt_chars = 2000",
+        ),
     ],
 )
-def test_validation_errors_use_openai_shape(gateway: Proc, body: bytes, status: int, code: str,
-                                            needle: str) -> None:
-    r = httpx.post(gateway.url + "/v1/completions", content=body,
-                   headers={**AUTH, "content-type": "application/json"})
+def test_validation_errors_use_openai_shape(
+    gateway: Proc, body: bytes, status: int, code: str, needle: str
+) -> None:
+    r = httpx.post(
+        gateway.url + "/v1/completions",
+        content=body,
+        headers={**AUTH, "content-type": "application/json"},
+    )
     assert r.status_code == status
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"}
@@ -66,15 +80,15 @@ def test_validation_errors_use_openai_shape(gateway: Proc, body: bytes, status: 
 
 def test_chat_prompt_cap_counts_all_messages(gateway: Proc) -> None:
     msgs = [{"role": "user", "content": "z" * 1000} for _ in range(3)]
-    r = httpx.post(gateway.url + "/v1/chat/completions", headers=AUTH,
-                   json={"model": MODEL, "messages": msgs})
+    r = httpx.post(
+        gateway.url + "/v1/chat/completions", headers=AUTH, json={"model": MODEL, "messages": msgs}
+    )
     assert r.status_code == 413
     assert "limits.max_prompt_chars" in r.json()["error"]["message"]
 
 
 def test_body_over_limit_is_413_before_reading(gateway: Proc) -> None:
-    r = httpx.post(gateway.url + "/v1/completions", headers=AUTH,
-                   content=b"x" * 40000)
+    r = httpx.post(gateway.url + "/v1/completions", headers=AUTH, content=b"x" * 40000)
     assert r.status_code == 413
     assert "limits.max_body_bytes = 32768" in r.json()["error"]["message"]
 
@@ -113,7 +127,7 @@ def test_missing_or_wrong_key_is_401_in_openai_shape(gateway: Proc) -> None:
 
 def test_second_key_works_and_health_is_open(gateway: Proc) -> None:
     bob = openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEY_BOB, max_retries=0)
-    assert [m.id for m in bob.models.list()][0] == MODEL
+    assert next(m.id for m in bob.models.list()) == MODEL
     for path in ("/health", "/ready", "/metrics", "/v2/health/live"):
         assert httpx.get(gateway.url + path).status_code == 200
     text = httpx.get(gateway.url + "/metrics").text
@@ -131,11 +145,14 @@ def slow_sim(workdir: Path) -> Iterator[Proc]:
 
 @pytest.fixture(scope="module")
 def capped_gateway(workdir: Path, slow_sim: Proc, keys_file: Path) -> Iterator[Proc]:
-    proc = start_gateway(workdir, {
-        "upstreams": [{"name": MODEL, "base_url": slow_sim.url}],
-        "auth": {"enabled": True, "keys_file": str(keys_file)},
-        "limits": {"max_in_flight": 3, "max_in_flight_per_key": 2, "retry_after_seconds": 7},
-    })
+    proc = start_gateway(
+        workdir,
+        {
+            "upstreams": [{"name": MODEL, "base_url": slow_sim.url}],
+            "auth": {"enabled": True, "keys_file": str(keys_file)},
+            "limits": {"max_in_flight": 3, "max_in_flight_per_key": 2, "retry_after_seconds": 7},
+        },
+    )
     yield proc
     proc.stop()
 
@@ -144,10 +161,15 @@ def test_in_flight_caps_answer_429_with_retry_after(capped_gateway: Proc) -> Non
     body = {"model": MODEL, "prompt": "x", "max_tokens": 40, "stream": True, "ignore_eos": True}
     url = capped_gateway.url + "/v1/completions"
     bob = {"Authorization": f"Bearer {KEY_BOB}"}
-    with httpx.Client(timeout=10) as c1, httpx.Client(timeout=10) as c2, \
-            httpx.Client(timeout=10) as c3:
-        with c1.stream("POST", url, json=body, headers=AUTH) as s1, \
-                c2.stream("POST", url, json=body, headers=AUTH) as s2:
+    with (
+        httpx.Client(timeout=10) as c1,
+        httpx.Client(timeout=10) as c2,
+        httpx.Client(timeout=10) as c3,
+    ):
+        with (
+            c1.stream("POST", url, json=body, headers=AUTH) as s1,
+            c2.stream("POST", url, json=body, headers=AUTH) as s2,
+        ):
             assert (s1.status_code, s2.status_code) == (200, 200)
             r = c3.post(url, json=body, headers=AUTH)  # alice's third: per-key cap
             assert r.status_code == 429
@@ -164,11 +186,12 @@ def test_in_flight_caps_answer_429_with_retry_after(capped_gateway: Proc) -> Non
     assert _metric(capped_gateway.url, "gpuserve_gateway_in_flight") == 0
 
 
-def test_client_disconnect_mid_stream_aborts_upstream(capped_gateway: Proc,
-                                                      slow_sim: Proc) -> None:
+def test_client_disconnect_mid_stream_aborts_upstream(capped_gateway: Proc, slow_sim: Proc) -> None:
     body = {"model": MODEL, "prompt": "x", "max_tokens": 200, "stream": True, "ignore_eos": True}
-    with httpx.Client(timeout=10) as c, c.stream("POST", capped_gateway.url + "/v1/completions",
-                                                json=body, headers=AUTH) as r:
+    with (
+        httpx.Client(timeout=10) as c,
+        c.stream("POST", capped_gateway.url + "/v1/completions", json=body, headers=AUTH) as r,
+    ):
         lines = r.iter_lines()
         got = [next(lines) for _ in range(3)]
         assert got[0].startswith("data: ")
@@ -179,8 +202,9 @@ def test_client_disconnect_mid_stream_aborts_upstream(capped_gateway: Proc,
     assert "request aborted" in slow_sim.log()
 
 
-def test_disconnect_while_waiting_for_first_token_aborts_upstream(workdir: Path,
-                                                                  keys_file: Path) -> None:
+def test_disconnect_while_waiting_for_first_token_aborts_upstream(
+    workdir: Path, keys_file: Path
+) -> None:
     sim = start_sim(workdir, model=MODEL, ttft_ms=3000, itl_ms=5)
     gw = start_gateway(workdir, {"upstreams": [{"name": MODEL, "base_url": sim.url}]})
     try:
@@ -195,9 +219,18 @@ def test_disconnect_while_waiting_for_first_token_aborts_upstream(workdir: Path,
 
 # --- upstream failures ----------------------------------------------------------------
 def test_upstream_down_is_503_and_not_ready(workdir: Path) -> None:
-    gw = start_gateway(workdir, {"upstreams": [
-        {"name": MODEL, "base_url": f"http://127.0.0.1:{free_port()}",
-         "timeouts": {"connect": 1}}]})
+    gw = start_gateway(
+        workdir,
+        {
+            "upstreams": [
+                {
+                    "name": MODEL,
+                    "base_url": f"http://127.0.0.1:{free_port()}",
+                    "timeouts": {"connect": 1},
+                }
+            ]
+        },
+    )
     try:
         r = httpx.post(gw.url + "/v1/completions", json={"model": MODEL, "prompt": "x"})
         assert r.status_code == 503
@@ -214,17 +247,18 @@ def test_upstream_down_is_503_and_not_ready(workdir: Path) -> None:
 
 def test_upstream_hang_is_504(workdir: Path) -> None:
     sim = start_sim(workdir, model=MODEL, hang_rate=1.0)
-    gw = start_gateway(workdir, {"upstreams": [
-        {"name": MODEL, "base_url": sim.url, "timeouts": {"read": 0.5}}]})
+    gw = start_gateway(
+        workdir, {"upstreams": [{"name": MODEL, "base_url": sim.url, "timeouts": {"read": 0.5}}]}
+    )
     try:
         t0 = time.monotonic()
-        r = httpx.post(gw.url + "/v1/completions", json={"model": MODEL, "prompt": "x"},
-                       timeout=10)
+        r = httpx.post(gw.url + "/v1/completions", json={"model": MODEL, "prompt": "x"}, timeout=10)
         assert r.status_code == 504
         assert r.json()["error"]["code"] == "upstream_timeout"
         assert time.monotonic() - t0 < 3
-        r = httpx.post(gw.url + f"/v2/models/{MODEL}/generate", json={"text_input": "x"},
-                       timeout=10)
+        r = httpx.post(
+            gw.url + f"/v2/models/{MODEL}/generate", json={"text_input": "x"}, timeout=10
+        )
         assert r.status_code == 504
         assert isinstance(r.json()["error"], str)
     finally:
@@ -255,7 +289,7 @@ def test_upstream_500_is_relayed_in_openai_shape(workdir: Path) -> None:
         r = httpx.post(gw.url + "/v1/completions", json={"model": MODEL, "prompt": "x"})
         assert r.status_code == 500
         assert "injected engine error" in r.json()["error"]["message"]
-        assert "upstream_errors_total{kind=\"status_500\"" in httpx.get(gw.url + "/metrics").text
+        assert 'upstream_errors_total{kind="status_500"' in httpx.get(gw.url + "/metrics").text
     finally:
         gw.stop()
         sim.stop()
@@ -264,11 +298,11 @@ def test_upstream_500_is_relayed_in_openai_shape(workdir: Path) -> None:
 def test_gateway_reaches_upstream_over_unix_socket(workdir: Path, tmp_path: Path) -> None:
     sock = str(tmp_path / "sim.sock")
     sim = start_sim(workdir, model=MODEL, uds=sock, ttft_ms=1, itl_ms=1)
-    gw = start_gateway(workdir, {"upstreams": [{"name": MODEL, "uds": sock}]},
-                       ready_path="/ready")
+    gw = start_gateway(workdir, {"upstreams": [{"name": MODEL, "uds": sock}]}, ready_path="/ready")
     try:
-        r = httpx.post(gw.url + "/v1/completions", json={"model": MODEL, "prompt": "x",
-                                                          "max_tokens": 3})
+        r = httpx.post(
+            gw.url + "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 3}
+        )
         assert r.status_code == 200
         assert len(r.json()["choices"][0]["text"].split()) == 3
         with socket.socket(socket.AF_UNIX) as s:

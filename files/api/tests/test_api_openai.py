@@ -8,7 +8,6 @@ import httpx
 import openai
 import pytest
 from api_env import ALIAS, KEY_ALICE, MODEL
-
 from gpuserve_api.procs import Proc
 
 

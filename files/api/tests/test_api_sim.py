@@ -10,13 +10,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from gpuserve_api.procs import Proc, start_sim, wait_ready
 
 
 def _metrics(url: str) -> dict[str, float]:
-    out = {}
-    for line in httpx.get(url + "/metrics").text.splitlines():
+    return _parse(httpx.get(url + "/metrics").text)
+
+
+def _parse(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in text.splitlines():
         m = re.match(r"^(vllm:\w+|gpuserve_sim_info)(?:\{[^}]*\})? (\S+)$", line)
         if m:
             out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
@@ -36,10 +39,17 @@ def test_sim_says_it_is_a_simulator(sim: Proc) -> None:
 def test_sim_exposes_vllm_metric_names(sim: Proc) -> None:
     httpx.post(sim.url + "/v1/completions", json={"prompt": "a b c", "max_tokens": 2})
     names = set(_metrics(sim.url))
-    for name in ("num_requests_running", "num_requests_waiting", "kv_cache_usage_perc",
-                 "prompt_tokens_total", "generation_tokens_total",
-                 "time_to_first_token_seconds_count", "inter_token_latency_seconds_count",
-                 "e2e_request_latency_seconds_count", "request_queue_time_seconds_count"):
+    for name in (
+        "num_requests_running",
+        "num_requests_waiting",
+        "kv_cache_usage_perc",
+        "prompt_tokens_total",
+        "generation_tokens_total",
+        "time_to_first_token_seconds_count",
+        "inter_token_latency_seconds_count",
+        "e2e_request_latency_seconds_count",
+        "request_queue_time_seconds_count",
+    ):
         assert f"vllm:{name}" in names, name
     assert _metrics(sim.url)["vllm:prompt_tokens_total"] >= 3
 
@@ -47,19 +57,30 @@ def test_sim_exposes_vllm_metric_names(sim: Proc) -> None:
 def test_sim_error_shapes_match_vllm(sim: Proc) -> None:
     r = httpx.post(sim.url + "/v1/completions", json={"model": "other", "prompt": "x"})
     assert r.status_code == 404
-    assert r.json() == {"error": {"message": "The model `other` does not exist.",
-                                  "type": "NotFoundError", "param": "model", "code": 404}}
+    assert r.json() == {
+        "error": {
+            "message": "The model `other` does not exist.",
+            "type": "NotFoundError",
+            "param": "model",
+            "code": 404,
+        }
+    }
     r = httpx.post(sim.url + "/v1/completions", json={"prompt": "x " * 500, "max_tokens": 20})
     assert r.status_code == 400
     assert r.json()["error"]["message"].startswith(
-        "This model's maximum context length is 512 tokens. However, you requested 520 tokens")
+        "This model's maximum context length is 512 tokens. However, you requested 520 tokens"
+    )
     r = httpx.post(sim.url + "/v1/chat/completions", content=b"{")
     assert (r.status_code, r.json()["error"]["type"]) == (400, "BadRequestError")
 
 
 def test_sim_stream_framing_and_usage(sim: Proc) -> None:
-    body = {"prompt": "a b", "max_tokens": 3, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "prompt": "a b",
+        "max_tokens": 3,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     raw = httpx.post(sim.url + "/v1/completions", json=body).text
     events = raw.split("\n\n")
     assert events[-1] == ""
@@ -68,17 +89,18 @@ def test_sim_stream_framing_and_usage(sim: Proc) -> None:
     assert all(e.startswith("data: ") for e in events[:-1])
     assert [p["choices"][0]["finish_reason"] for p in payloads[:3]] == [None, None, "length"]
     assert payloads[3]["choices"] == []
-    assert payloads[3]["usage"] == {"prompt_tokens": 2, "total_tokens": 5,
-                                    "completion_tokens": 3}
+    assert payloads[3]["usage"] == {"prompt_tokens": 2, "total_tokens": 5, "completion_tokens": 3}
 
 
 def test_sim_honours_ignore_eos_and_n(sim: Proc) -> None:
-    natural = httpx.post(sim.url + "/v1/chat/completions",
-                         json={"messages": [{"role": "user", "content": "q"}]}).json()
+    natural = httpx.post(
+        sim.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "q"}]}
+    ).json()
     assert natural["choices"][0]["finish_reason"] == "stop"
-    forced = httpx.post(sim.url + "/v1/completions",
-                        json={"prompt": "q", "max_tokens": 100, "ignore_eos": True,
-                              "n": 2}).json()
+    forced = httpx.post(
+        sim.url + "/v1/completions",
+        json={"prompt": "q", "max_tokens": 100, "ignore_eos": True, "n": 2},
+    ).json()
     assert [c["finish_reason"] for c in forced["choices"]] == ["length", "length"]
     assert forced["usage"]["completion_tokens"] == 200
 
@@ -109,10 +131,17 @@ async def test_sim_queues_beyond_max_num_seqs(workdir: Path) -> None:
     try:
         async with httpx.AsyncClient(timeout=10) as client:
             body = {"prompt": "x", "max_tokens": 5, "ignore_eos": True}
-            tasks = [asyncio.ensure_future(client.post(proc.url + "/v1/completions", json=body))
-                     for _ in range(5)]
-            await asyncio.sleep(0.1)
-            mid = _metrics(proc.url)
+            tasks = [
+                asyncio.ensure_future(client.post(proc.url + "/v1/completions", json=body))
+                for _ in range(5)
+            ]
+            mid: dict[str, float] = {}
+            for _ in range(100):  # while the first two are before their first token
+                await asyncio.sleep(0.01)
+                async_metrics = await client.get(proc.url + "/metrics")
+                mid = {k: v for k, v in _parse(async_metrics.text).items()}
+                if mid.get("vllm:num_requests_waiting") == 3:
+                    break
             results = await asyncio.gather(*tasks)
         assert (mid["vllm:num_requests_running"], mid["vllm:num_requests_waiting"]) == (2, 3)
         assert all(r.status_code == 200 for r in results)
@@ -131,3 +160,25 @@ def test_sim_reads_settings_from_env(workdir: Path, monkeypatch: pytest.MonkeyPa
         assert (card["id"], card["max_model_len"]) == ("env-model", 64)
     finally:
         proc.stop()
+
+
+def test_sim_continuous_usage_stats(sim: Proc) -> None:
+    body = {
+        "prompt": "a b",
+        "max_tokens": 3,
+        "stream": True,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+    }
+    events = [
+        json.loads(e[6:])
+        for e in httpx.post(sim.url + "/v1/completions", json=body).text.split("\n\n")
+        if e.startswith("data: {")
+    ]
+    assert [e["usage"]["completion_tokens"] for e in events] == [1, 2, 3, 3]
+
+
+def test_sim_ignores_non_string_stop_entries(sim: Proc) -> None:
+    r = httpx.post(
+        sim.url + "/v1/completions", json={"prompt": "a", "max_tokens": 2, "stop": [{"x": 1}, 3]}
+    )
+    assert r.status_code == 200

@@ -8,9 +8,8 @@ import httpx
 import pytest
 import tritonclient.http as triton_http
 from api_env import ALIAS, KEY_ALICE, MODEL
-from tritonclient.utils import InferenceServerException
-
 from gpuserve_api.procs import Proc, start_gateway
+from tritonclient.utils import InferenceServerException
 
 AUTH = {"Authorization": f"Bearer {KEY_ALICE}"}
 
@@ -55,14 +54,22 @@ def _generate(gateway: Proc, body: dict, path: str = f"/v2/models/{MODEL}/genera
 
 
 def test_generate_prepends_prompt_and_returns_extra_outputs(gateway: Proc) -> None:
-    r = _generate(gateway, {
-        "text_input": "alpha beta",
-        "parameters": {"max_tokens": 6, "temperature": 0.5, "top_k": 5, "top_p": 0.9,
-                       "seed": 1},
-        "return_finish_reason": True,
-        "return_num_input_tokens": True,
-        "return_num_output_tokens": True,
-    })
+    r = _generate(
+        gateway,
+        {
+            "text_input": "alpha beta",
+            "parameters": {
+                "max_tokens": 6,
+                "temperature": 0.5,
+                "top_k": 5,
+                "top_p": 0.9,
+                "seed": 1,
+            },
+            "return_finish_reason": True,
+            "return_num_input_tokens": True,
+            "return_num_output_tokens": True,
+        },
+    )
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["model_name"] == MODEL
@@ -70,15 +77,22 @@ def test_generate_prepends_prompt_and_returns_extra_outputs(gateway: Proc) -> No
     assert out["text_output"].startswith("alpha beta ")  # Triton's default: input included
     assert len(out["text_output"].split()) == 2 + 6
     assert (out["finish_reason"], out["num_input_tokens"], out["num_output_tokens"]) == (
-        "length", 2, 6)
+        "length",
+        2,
+        6,
+    )
 
 
 def test_generate_exclude_input_and_sampling_parameters_string(gateway: Proc) -> None:
-    r = _generate(gateway, {
-        "text_input": "alpha beta",
-        "sampling_parameters": json.dumps({"max_tokens": 3}),
-        "exclude_input_in_output": True,
-    }, path=f"/v2/models/{MODEL}/versions/1/generate")
+    r = _generate(
+        gateway,
+        {
+            "text_input": "alpha beta",
+            "sampling_parameters": json.dumps({"max_tokens": 3}),
+            "exclude_input_in_output": True,
+        },
+        path=f"/v2/models/{MODEL}/versions/1/generate",
+    )
     assert r.status_code == 200, r.text
     text = r.json()["text_output"]
     assert not text.startswith("alpha")
@@ -87,10 +101,19 @@ def test_generate_exclude_input_and_sampling_parameters_string(gateway: Proc) ->
 
 
 def test_generate_stream_sends_triton_events(gateway: Proc) -> None:
-    body = {"text_input": "hello", "max_tokens": 5, "return_num_output_tokens": True,
-            "return_finish_reason": True}
-    with httpx.stream("POST", gateway.url + f"/v2/models/{MODEL}/generate_stream", json=body,
-                      headers=AUTH, timeout=10) as r:
+    body = {
+        "text_input": "hello",
+        "max_tokens": 5,
+        "return_num_output_tokens": True,
+        "return_finish_reason": True,
+    }
+    with httpx.stream(
+        "POST",
+        gateway.url + f"/v2/models/{MODEL}/generate_stream",
+        json=body,
+        headers=AUTH,
+        timeout=10,
+    ) as r:
         assert r.status_code == 200
         events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
     assert len(events) == 5
@@ -104,14 +127,19 @@ def test_generate_stream_sends_triton_events(gateway: Proc) -> None:
     [
         (f"/v2/models/{MODEL}/generate", {"parameters": {}}, 400, "text_input"),
         (f"/v2/models/{MODEL}/generate", {"text_input": "x", "bogus": 1}, 400, "bogus"),
-        (f"/v2/models/{MODEL}/generate", {"text_input": "x", "max_tokens": 10**6}, 400,
-         "limits.max_tokens"),
+        (
+            f"/v2/models/{MODEL}/generate",
+            {"text_input": "x", "max_tokens": 10**6},
+            400,
+            "limits.max_tokens",
+        ),
         ("/v2/models/nope/generate", {"text_input": "x"}, 404, "unknown model"),
         (f"/v2/models/{MODEL}/versions/9/generate", {"text_input": "x"}, 404, "version"),
     ],
 )
-def test_generate_errors_use_triton_shape(gateway: Proc, path: str, body: dict, status: int,
-                                          needle: str) -> None:
+def test_generate_errors_use_triton_shape(
+    gateway: Proc, path: str, body: dict, status: int, needle: str
+) -> None:
     r = _generate(gateway, body, path=path)
     assert r.status_code == status
     assert set(r.json()) == {"error"}
@@ -129,8 +157,9 @@ def test_generate_upstream_rejection_is_relayed(gateway: Proc) -> None:
 def test_triton_not_ready_when_upstream_down(workdir) -> None:
     from gpuserve_api.procs import free_port
 
-    gw = start_gateway(workdir, {"upstreams": [
-        {"name": "down", "base_url": f"http://127.0.0.1:{free_port()}"}]})
+    gw = start_gateway(
+        workdir, {"upstreams": [{"name": "down", "base_url": f"http://127.0.0.1:{free_port()}"}]}
+    )
     try:
         tc = triton_http.InferenceServerClient(gw.url.removeprefix("http://"))
         assert tc.is_server_live() is True

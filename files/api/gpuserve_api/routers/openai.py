@@ -64,7 +64,7 @@ async def _proxy(
         raise GatewayError(
             400, "request body is empty: a JSON object is required", code="invalid_json"
         )
-    query = request.url.query
+    query = request.scope.get("query_string", b"").decode("latin-1")
     result = await state.openai.proxy(
         request.method, path + (f"?{query}" if query else ""), raw or None, info, need_model
     )
@@ -121,4 +121,6 @@ async def get_model(model_id: str, state: State, info: Info) -> Response:
     summary="Any other vLLM /v1 route, routed by the body's `model`",
 )
 async def passthrough(rest: str, request: Request, state: State, info: Info) -> Response:
-    return await _proxy(request, state, info, "/v1/" + rest, need_model=False)
+    # The path exactly as the client encoded it (percent-escapes kept).
+    raw_path = request.scope.get("raw_path") or request.url.path.encode()
+    return await _proxy(request, state, info, raw_path.decode("latin-1"), need_model=False)

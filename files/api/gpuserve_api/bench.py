@@ -1,0 +1,380 @@
+"""Loopback load test: the gateway vs talking to the simulator directly.
+
+    python -m gpuserve_api.bench [--levels 1,16,64,256] [--duration 4] [--json PATH]
+
+For each concurrency level, N clients each keep one keep-alive connection and send
+streaming /v1/completions requests back to back (``max_tokens`` tokens, ignore_eos).
+Reported per target: requests/s, streamed chunks/s, time to first token p50/p99; and
+the gateway's added TTFT (gateway minus direct). Then the gateway's own ceiling: the
+simulator at zero latency, chunks/s per CPU second the gateway process used.
+
+The load generator is a minimal asyncio HTTP/1.1 client (chunked decoding only), so
+it costs less CPU than the servers it measures; everything shares this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .auth import hash_key
+from .procs import Proc, start_gateway, start_sim
+
+MODEL = "bench-model"
+KEY = "bench-key-0000000000000000"
+
+
+@dataclass
+class RunResult:
+    target: str
+    concurrency: int
+    duration_s: float
+    requests: int
+    errors: int
+    chunks: int
+    ttft_ms: list[float] = field(default_factory=list, repr=False)
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    cpu_pressure_before: float | None = None
+    cpu_pressure_after: float | None = None
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.duration_s
+
+    @property
+    def chunks_per_s(self) -> float:
+        return self.chunks / self.duration_s
+
+    def pct(self, q: float) -> float:
+        if not self.ttft_ms:
+            return float("nan")
+        data = sorted(self.ttft_ms)
+        return data[min(len(data) - 1, int(q * len(data)))]
+
+    def summary(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k != "ttft_ms"}
+        out.update(
+            rps=round(self.rps, 1),
+            chunks_per_s=round(self.chunks_per_s, 1),
+            ttft_p50_ms=round(self.pct(0.5), 3),
+            ttft_p99_ms=round(self.pct(0.99), 3),
+            ttft_mean_ms=round(statistics.fmean(self.ttft_ms), 3) if self.ttft_ms else None,
+        )
+        return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _one(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> tuple[float | None, int, bool]:
+    t0 = time.perf_counter()
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    ok = head[9:12] == b"200"
+    lower = head.lower()
+    ttft = None
+    chunks = 0
+    if b"transfer-encoding: chunked" in lower:
+        while True:
+            size_line = await reader.readuntil(b"\r\n")
+            size = int(size_line.split(b";")[0], 16)
+            if size == 0:
+                await reader.readuntil(b"\r\n")
+                break
+            data = await reader.readexactly(size + 2)
+            n = data.count(b"data: ")
+            if n:
+                if ttft is None:
+                    ttft = (time.perf_counter() - t0) * 1000
+                if b"[DONE]" in data:
+                    n -= 1
+                chunks += n
+    else:
+        length = 0
+        for line in lower.split(b"\r\n"):
+            if line.startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        await reader.readexactly(length)
+    return ttft, chunks, ok
+
+
+async def _client(
+    host: str, port: int, request: bytes, stop_at: float, warm_until: float, res: RunResult
+) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        while time.perf_counter() < stop_at:
+            try:
+                ttft, chunks, ok = await _one(reader, writer, request)
+            except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+                res.errors += 1
+                writer.close()
+                reader, writer = await asyncio.open_connection(host, port)
+                continue
+            if time.perf_counter() < warm_until:
+                continue
+            if not ok:
+                res.errors += 1
+                continue
+            res.requests += 1
+            res.chunks += chunks
+            if ttft is not None:
+                res.ttft_ms.append(ttft)
+    finally:
+        writer.close()
+
+
+async def _run(
+    url: str,
+    target: str,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    max_tokens: int,
+    pids: dict[str, int],
+) -> RunResult:
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps(
+        {
+            "model": MODEL,
+            "prompt": "bench",
+            "max_tokens": max_tokens,
+            "stream": True,
+            "ignore_eos": True,
+        }
+    ).encode()
+    request = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    res = RunResult(target, concurrency, duration, 0, 0, 0)
+    res.cpu_pressure_before = cpu_pressure()
+    start = time.perf_counter()
+    cpu0 = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    cpu0["bench"] = time.process_time()
+    await asyncio.gather(
+        *(
+            _client(host, int(port), request, start + warmup + duration, start + warmup, res)
+            for _ in range(concurrency)
+        )
+    )
+    res.duration_s = time.perf_counter() - start - warmup
+    res.cpu_s = {name: round(_cpu_seconds(pid) - cpu0[name], 3) for name, pid in pids.items()}
+    res.cpu_s["bench"] = round(time.process_time() - cpu0["bench"], 3)
+    res.cpu_pressure_after = cpu_pressure()
+    return res
+
+
+def cpu_pressure() -> float | None:
+    """Linux PSI: share of the last 10 s in which runnable tasks waited for a CPU (%)."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    return float(line.split("avg10=")[1].split()[0])
+
+
+def _machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| streams | direct req/s | gateway req/s | direct chunks/s | gateway chunks/s "
+        "| throughput kept | direct TTFT p50/p99 ms | gateway TTFT p50/p99 ms "
+        "| added p50/p99 ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        d, g = r["direct"], r["gateway"]
+        lines.append(
+            f"| {r['concurrency']} | {d['rps']:.1f} | {g['rps']:.1f} | {d['chunks_per_s']:.0f} "
+            f"| {g['chunks_per_s']:.0f} | {r['kept_pct']:.1f}% "
+            f"| {d['ttft_p50_ms']:.2f} / {d['ttft_p99_ms']:.2f} "
+            f"| {g['ttft_p50_ms']:.2f} / {g['ttft_p99_ms']:.2f} "
+            f"| {r['added_p50_ms']:+.2f} / {r['added_p99_ms']:+.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def _gateway_config(sim: Proc, keys_file: Path) -> dict[str, Any]:
+    return {
+        "upstreams": [{"name": MODEL, "base_url": sim.url}],
+        "auth": {"enabled": True, "keys_file": str(keys_file)},
+        "limits": {"max_in_flight": 4096, "max_in_flight_per_key": 4096},
+        "logging": {"level": "warning", "access_log": True},
+    }
+
+
+async def _levels(args: argparse.Namespace, sim: Proc, gw: Proc) -> list[dict[str, Any]]:
+    pids = {"sim": sim.popen.pid, "gateway": gw.popen.pid}
+    rows = []
+    for conc in args.levels:
+        direct = await _run(
+            sim.url, "direct", conc, args.duration, args.warmup, args.max_tokens, pids
+        )
+        gateway = await _run(
+            gw.url, "gateway", conc, args.duration, args.warmup, args.max_tokens, pids
+        )
+        d, g = direct.summary(), gateway.summary()
+        row = {
+            "concurrency": conc,
+            "direct": d,
+            "gateway": g,
+            "kept_pct": 100.0 * g["chunks_per_s"] / d["chunks_per_s"]
+            if d["chunks_per_s"]
+            else float("nan"),
+            "added_p50_ms": g["ttft_p50_ms"] - d["ttft_p50_ms"],
+            "added_p99_ms": g["ttft_p99_ms"] - d["ttft_p99_ms"],
+        }
+        rows.append(row)
+        print(
+            f"  {conc:>4} streams: direct {d['chunks_per_s']:.0f} chunks/s, gateway "
+            f"{g['chunks_per_s']:.0f} chunks/s ({row['kept_pct']:.1f}%), added TTFT p50 "
+            f"{row['added_p50_ms']:+.2f} ms, errors {d['errors']}/{g['errors']}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m gpuserve_api.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--levels", default="1,16,64,256", type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--duration", type=float, default=3.0, help="seconds measured per run")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds discarded per run")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=2,
+        help="interleaved direct/gateway windows per level (results merged)",
+    )
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--ttft-ms", type=float, default=20.0)
+    p.add_argument("--itl-ms", type=float, default=5.0)
+    p.add_argument("--ceiling-streams", type=int, default=64)
+    p.add_argument(
+        "--json",
+        default=str(Path(tempfile.gettempdir()) / "gpuserve-bench-api.json"),
+        help="where to write the results (default: %(default)s)",
+    )
+    args = p.parse_args(argv)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    out: dict[str, Any] = {
+        "machine": _machine(),
+        "settings": {k: v for k, v in vars(args).items() if k != "json"},
+    }
+    with tempfile.TemporaryDirectory(prefix="gpuserve-bench-") as tmp:
+        work = Path(tmp)
+        keys = work / "keys.yml"
+        keys.write_text(f'keys:\n  - name: bench\n    sha256: "{hash_key(KEY)}"\n')
+        print(
+            f"realistic timing: ttft {args.ttft_ms} ms, itl {args.itl_ms} ms, "
+            f"{args.max_tokens} tokens per request",
+            file=sys.stderr,
+        )
+        sim = start_sim(
+            work,
+            model=MODEL,
+            ttft_ms=args.ttft_ms,
+            itl_ms=args.itl_ms,
+            max_num_seqs=4096,
+            log_level="warning",
+        )
+        gw = start_gateway(work, _gateway_config(sim, keys), ready_path="/ready")
+        try:
+            rows = asyncio.run(_levels(args, sim, gw))
+        finally:
+            gw.stop()
+            sim.stop()
+        out["realistic"] = rows
+        print("gateway ceiling: simulator at zero latency", file=sys.stderr)
+        sim = start_sim(
+            work, model=MODEL, ttft_ms=0, itl_ms=0, max_num_seqs=4096, log_level="warning"
+        )
+        gw = start_gateway(work, _gateway_config(sim, keys), ready_path="/ready")
+        try:
+            pids = {"sim": sim.popen.pid, "gateway": gw.popen.pid}
+            ceil = asyncio.run(
+                _run(gw.url, "gateway", args.ceiling_streams, args.duration, args.warmup, 256, pids)
+            )
+            direct = asyncio.run(
+                _run(sim.url, "direct", args.ceiling_streams, args.duration, args.warmup, 256, pids)
+            )
+        finally:
+            gw.stop()
+            sim.stop()
+        gcpu = ceil.cpu_s["gateway"]
+        out["ceiling"] = {
+            "gateway": ceil.summary(),
+            "direct": direct.summary(),
+            "gateway_chunks_per_cpu_second": round(ceil.chunks / gcpu, 1) if gcpu else None,
+            "sim_chunks_per_cpu_second_direct": round(direct.chunks / direct.cpu_s["sim"], 1)
+            if direct.cpu_s["sim"]
+            else None,
+        }
+    m = out["machine"]
+    pressures = [
+        r[t]["cpu_pressure_after"]
+        for r in out["realistic"]
+        for t in ("direct", "gateway")
+        if r[t]["cpu_pressure_after"] is not None
+    ]
+    print(f"\nMachine: {m['nproc']} CPUs ({m['cpu']}), Python {m['python']}")
+    if pressures:
+        print(
+            f"CPU pressure (PSI some avg10) during the runs: {min(pressures):.0f}-"
+            f"{max(pressures):.0f}% (share of time runnable tasks waited for a CPU)"
+        )
+    print()
+    print(_table(out["realistic"]))
+    c = out["ceiling"]
+    print(
+        f"\nGateway ceiling (simulator at zero latency, {args.ceiling_streams} streams, 256 "
+        f"tokens each): {c['gateway']['chunks_per_s']:.0f} chunks/s through the gateway "
+        f"using {c['gateway']['cpu_s']['gateway']:.2f} CPU-s of the gateway in "
+        f"{c['gateway']['duration_s']:.1f} s = {c['gateway_chunks_per_cpu_second']:.0f} "
+        f"chunks/s per gateway CPU core (direct: {c['direct']['chunks_per_s']:.0f} chunks/s)"
+    )
+    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"\nJSON written to {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""vllm_build, CPU-only source path: a real vLLM 0.11.0 sdist built once, installed twice.
+
+The builder builds the wheel (VLLM_TARGET_DEVICE=empty); the consumer has the same cache
+key and installs that wheel from the controller cache without building.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+import testinfra
+
+VENV = "/opt/vllm/venv"
+MANIFEST = "/opt/vllm/vllm-build-manifest.json"
+WORK = "/var/lib/vllm-build"
+BUILDER = "vllm_build-debian12-builder"
+CONSUMER = "vllm_build-debian12-consumer"
+PATCH = os.path.join(
+    os.environ.get("MOLECULE_PROJECT_DIRECTORY", "."),
+    "tests/fixtures/vllm_build/patches/0001-gpuserve-fixture-marker.patch",
+)
+ALL = [BUILDER, CONSUMER]
+
+
+def _host(name: str):
+    return testinfra.get_host(f"docker://{name}")
+
+
+def _manifest(name: str) -> dict:
+    return json.loads(_host(name).file(MANIFEST).content_string)
+
+
+def _py(name: str, code: str) -> str:
+    cmd = _host(name).run("runuser -u vllm -- %s/bin/python -c %s", VENV, code)
+    assert cmd.rc == 0, cmd.stderr
+    return cmd.stdout.strip()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_venv_is_owned_by_the_service_account(name):
+    host = _host(name)
+    assert host.user("vllm").shell == "/usr/sbin/nologin"
+    python = host.file(f"{VENV}/bin/python")
+    assert python.exists
+    assert host.file(VENV).user == "vllm"
+    assert host.file(f"{VENV}/pyvenv.cfg").contains("home = /usr/bin")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_torch_is_the_cpu_build_from_the_wheelhouse(name):
+    assert _py(name, "'import torch; print(torch.__version__)'") == "2.13.0+cpu"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_import_vllm_reports_0_11_0_with_the_empty_local_version(name):
+    out = _py(
+        name,
+        "'import importlib.metadata as m, vllm; print(vllm.__version__, m.version(\"vllm\"))'",
+    )
+    assert out == "0.11.0 0.11.0+empty"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_installed_vllm_carries_the_fixture_patch(name):
+    assert _py(name, "'from vllm import _gpuserve_fixture_patch as p; print(p.GPUSERVE_FIXTURE_PATCH)'") == "0001"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_manifest_records_key_versions_and_wheel(name):
+    m = _manifest(name)
+    assert m["key"].startswith("vllm0.11.0-torch2.13.0_cpu-cu12.8-py3.11-empty-")
+    assert m["key_parts"]["torch_version"] == "2.13.0+cpu"
+    assert m["key_parts"]["arch_list"] == "12.0"
+    assert m["key_parts"]["python_version"] == "3.11"
+    assert m["vllm"] == {"version": "0.11.0", "dist_version": "0.11.0+empty"}
+    assert m["torch"]["version"] == "2.13.0+cpu"
+    assert m["target_device"] == "empty"
+    assert m["install_method"] == "source"
+    assert m["wheel"]["file"] == "vllm-0.11.0+empty-py3-none-any.whl"
+    wheel = _host(name).file(f"{WORK}/wheels/{m['key']}/{m['wheel']['file']}")
+    assert wheel.sha256sum == m["wheel"]["sha256"]
+    assert m["max_jobs"] >= 1
+    assert m["nvcc_threads"] == 1
+    assert m["build_seconds"] > 0
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_manifest_records_the_patch_and_the_sdist(name):
+    with open(PATCH, "rb") as f:
+        patch_sha = hashlib.sha256(f.read()).hexdigest()
+    m = _manifest(name)
+    assert m["build"]["patches"] == [
+        {"name": "0001-gpuserve-fixture-marker.patch", "sha256": patch_sha}
+    ]
+    assert m["key_parts"]["patches"] == [patch_sha]
+    assert m["build"]["source"]["sha256"] == (
+        "f435a64c24e9c4178d657a76f8edd8548ddc444012f7d06a9f79ac3a6392bfae"
+    )
+
+
+def test_fetchcontent_overrides_are_read_from_the_0_11_0_source():
+    m = _manifest(BUILDER)
+    assert m["build"]["fetchcontent_src_dirs_read"] == [
+        "FLASH_MLA_SRC_DIR",
+        "VLLM_CUTLASS_SRC_DIR",
+        "VLLM_FLASH_ATTN_SRC_DIR",
+    ]
+
+
+def test_builder_built_the_wheel_once_with_the_build_env():
+    host = _host(BUILDER)
+    m = _manifest(BUILDER)
+    assert m["built_on"] == BUILDER
+    assert m["built_here"] is True
+    assert m["installed_from"] == "built here"
+    log = host.file(f"{WORK}/logs/build.log")
+    assert log.is_symlink
+    text = log.content_string
+    # converge + idempotence ran; only the first built
+    assert text.count("=== vllm_build: key ") == 1
+    assert "VLLM_TARGET_DEVICE=empty TORCH_CUDA_ARCH_LIST=12.0" in text
+    assert "MAX_JOBS=" in text
+    assert "Created wheel for vllm: filename=vllm-0.11.0+empty-py3-none-any.whl" in text
+    assert "=== vllm_build: pip wheel exited 0" in text
+    assert host.file(f"{WORK}/logs/build.rc").content_string.strip() == "0"
+
+
+def test_use_existing_torch_stripped_the_torch_pins():
+    m = _manifest(BUILDER)
+    build_txt = _host(BUILDER).file(f"{WORK}/src/{m['key']}/requirements/build.txt")
+    assert build_txt.contains("setuptools-scm")
+    assert not build_txt.contains("torch")
+
+
+def test_consumer_installed_the_builders_wheel_without_building():
+    host = _host(CONSUMER)
+    m = _manifest(CONSUMER)
+    assert m["key"] == _manifest(BUILDER)["key"]
+    assert m["wheel"]["sha256"] == _manifest(BUILDER)["wheel"]["sha256"]
+    assert m["built_on"] == BUILDER
+    assert m["built_here"] is False
+    assert m["installed_from"] == f"controller cache (built on {BUILDER})"
+    assert not host.file(f"{WORK}/logs/build.log").exists
+    assert host.run("ls -A %s/src", WORK).stdout.strip() == ""
+    assert host.run("ls %s/build-*.sh", WORK).rc != 0
