@@ -62,6 +62,7 @@ lint: $(VENV)/.tests
 	ruff check .
 	ruff format --check .
 	$(BIN)/python tests/check_argument_specs.py
+	out=$$(mktemp -d) && ansible-galaxy collection build --force --output-path "$$out" && rm -rf "$$out"
 
 unit: $(VENV)/.tests
 	$(BIN)/pytest -p no:cacheprovider -rs tests/unit tests/playbooks tests/gpu

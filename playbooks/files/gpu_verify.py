@@ -156,7 +156,9 @@ def driver_checks(branch: str, proc_version: Path) -> tuple[list[dict[str, objec
                 "pass" if persistent else "warn",
                 f"{gpu['name']}, {gpu['memory']}, compute {gpu['compute_cap']}"
                 f" ({sm_of(gpu['compute_cap'])}), persistence {gpu['persistence_mode']}",
-                **gpu,
+                gpu_name=gpu["name"],
+                sm=sm_of(gpu["compute_cap"]),
+                **{k: v for k, v in gpu.items() if k != "name"},
             )
         )
     return checks, gpus

@@ -27,12 +27,12 @@ module: vllm_build_wait
 short_description: Wait for a background vLLM build and report its progress
 options:
   log: {description: Build log on the host, type: path, required: true}
-  rc_file: {description: File the build script writes its exit status to, type: path, required: true}
+  rc_file: {description: File the build script writes its exit code to, type: path, required: true}
   pid_file: {description: File the build script writes its pid to, type: path, required: true}
   timeout: {description: Seconds to wait at most, type: int, default: 10800}
   interval: {description: Seconds between polls, type: int, default: 15}
   tail_lines: {description: Log lines returned on failure, type: int, default: 40}
-  start_grace: {description: Seconds the script may take to write its pid file, type: int, default: 120}
+  start_grace: {description: Seconds the script may take to write its pid, type: int, default: 120}
 """
 
 display = Display()
@@ -79,7 +79,10 @@ class ActionModule(ActionBase):
 
         started_at, t0 = _now(), time.monotonic()
         first: tuple[int, float] | None = None
-        last_msg = ""
+        last_step: int | None = -1
+        last_print = 0.0
+        # A line when ninja's step moves, at most one per interval; else one a minute.
+        quiet_s = max(60, interval)
         display.display(f"vllm_build [{host}]: build running; follow it with: tail -f {log}")
         while True:
             state, tail = self._poll(log, rc_file, pid_file)
@@ -109,9 +112,10 @@ class ActionModule(ActionBase):
                     f"vllm_build [{host}]: elapsed {format_duration(elapsed)}, no ninja step "
                     f"yet; last log line: {prog['line']}"
                 )
-            if msg != last_msg:
+            now = time.monotonic()
+            if prog["done"] != last_step or now - last_print >= quiet_s:
                 display.display(msg)
-                last_msg = msg
+                last_step, last_print = prog["done"], now
             time.sleep(interval)
 
         elapsed = round(time.monotonic() - t0, 1)

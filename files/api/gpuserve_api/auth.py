@@ -83,6 +83,8 @@ def load_keys(path: str) -> KeyStore:
                 f"{where}: keys[{i}].sha256 must be 64 lowercase hex digits "
                 "(`gpuserve-gateway hash-key` prints it)"
             )
+        if digest == hash_key(""):
+            raise ConfigError(f"{where}: keys[{i}] is the hash of an empty key")
         names.add(name)
         entries.append((name, bytes.fromhex(digest)))
     return KeyStore(tuple(entries))

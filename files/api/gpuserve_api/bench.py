@@ -73,9 +73,23 @@ class RunResult:
         return out
 
 
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time (user + system) of ``pid`` and its live children (uvicorn workers)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = _stat(int(entry.name))
+        except (OSError, ValueError):
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 async def _one(
@@ -224,8 +238,9 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _gateway_config(sim: Proc, keys_file: Path) -> dict[str, Any]:
+def _gateway_config(sim: Proc, keys_file: Path, workers: int = 1) -> dict[str, Any]:
     return {
+        "listen": {"workers": workers},
         "upstreams": [{"name": MODEL, "base_url": sim.url}],
         "auth": {"enabled": True, "keys_file": str(keys_file)},
         "limits": {"max_in_flight": 4096, "max_in_flight_per_key": 4096},
@@ -233,16 +248,40 @@ def _gateway_config(sim: Proc, keys_file: Path) -> dict[str, Any]:
     }
 
 
+def _merge(runs: list[RunResult]) -> RunResult:
+    """Several measurement windows of one target as one result."""
+    out = RunResult(runs[0].target, runs[0].concurrency, 0.0, 0, 0, 0)
+    for r in runs:
+        out.duration_s += r.duration_s
+        out.requests += r.requests
+        out.errors += r.errors
+        out.chunks += r.chunks
+        out.ttft_ms.extend(r.ttft_ms)
+        for k, v in r.cpu_s.items():
+            out.cpu_s[k] = round(out.cpu_s.get(k, 0.0) + v, 3)
+    pressures = [r.cpu_pressure_after for r in runs if r.cpu_pressure_after is not None]
+    out.cpu_pressure_before = runs[0].cpu_pressure_before
+    out.cpu_pressure_after = max(pressures) if pressures else None
+    return out
+
+
 async def _levels(args: argparse.Namespace, sim: Proc, gw: Proc) -> list[dict[str, Any]]:
     pids = {"sim": sim.popen.pid, "gateway": gw.popen.pid}
     rows = []
     for conc in args.levels:
-        direct = await _run(
-            sim.url, "direct", conc, args.duration, args.warmup, args.max_tokens, pids
-        )
-        gateway = await _run(
-            gw.url, "gateway", conc, args.duration, args.warmup, args.max_tokens, pids
-        )
+        direct_runs, gateway_runs = [], []
+        for _ in range(args.repeat):  # interleaved: both targets see the same machine load
+            direct_runs.append(
+                await _run(
+                    sim.url, "direct", conc, args.duration, args.warmup, args.max_tokens, pids
+                )
+            )
+            gateway_runs.append(
+                await _run(
+                    gw.url, "gateway", conc, args.duration, args.warmup, args.max_tokens, pids
+                )
+            )
+        direct, gateway = _merge(direct_runs), _merge(gateway_runs)
         d, g = direct.summary(), gateway.summary()
         row = {
             "concurrency": conc,
@@ -284,6 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ttft-ms", type=float, default=20.0)
     p.add_argument("--itl-ms", type=float, default=5.0)
     p.add_argument("--ceiling-streams", type=int, default=64)
+    p.add_argument("--gateway-workers", type=int, default=1)
     p.add_argument(
         "--json",
         default=str(Path(tempfile.gettempdir()) / "gpuserve-bench-api.json"),
@@ -317,7 +357,9 @@ def main(argv: list[str] | None = None) -> None:
             max_num_seqs=4096,
             log_level="warning",
         )
-        gw = start_gateway(work, _gateway_config(sim, keys), ready_path="/ready")
+        gw = start_gateway(
+            work, _gateway_config(sim, keys, args.gateway_workers), ready_path="/ready"
+        )
         try:
             rows = asyncio.run(_levels(args, sim, gw))
         finally:
@@ -328,7 +370,9 @@ def main(argv: list[str] | None = None) -> None:
         sim = start_sim(
             work, model=MODEL, ttft_ms=0, itl_ms=0, max_num_seqs=4096, log_level="warning"
         )
-        gw = start_gateway(work, _gateway_config(sim, keys), ready_path="/ready")
+        gw = start_gateway(
+            work, _gateway_config(sim, keys, args.gateway_workers), ready_path="/ready"
+        )
         try:
             pids = {"sim": sim.popen.pid, "gateway": gw.popen.pid}
             ceil = asyncio.run(

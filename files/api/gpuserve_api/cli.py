@@ -87,6 +87,7 @@ def _serve(args: argparse.Namespace) -> int:
         "log_config": None,
         "access_log": False,
         "timeout_keep_alive": int(config.listen.keepalive_seconds),
+        "timeout_graceful_shutdown": config.listen.graceful_shutdown_seconds,
         "lifespan": "on",
         "log_level": config.logging.level,
     }

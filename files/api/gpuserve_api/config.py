@@ -41,6 +41,8 @@ class Listen(_Strict):
     workers: int = Field(1, ge=1, le=64)
     # Seconds uvicorn keeps an idle client connection open.
     keepalive_seconds: PositiveFloat = 75.0
+    # On SIGTERM: seconds to let running requests (streams) finish before closing them.
+    graceful_shutdown_seconds: int = Field(30, ge=0, le=3600)
 
 
 class Timeouts(_Strict):

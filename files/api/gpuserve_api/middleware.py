@@ -176,7 +176,6 @@ class GatewayMiddleware:
             await self.app(scope, receive, send_wrapper)
         except GatewayError as err:
             info.error = err.message
-            err.headers["X-Request-ID"] = rid
             await self._reject(send_wrapper, path, err)
         except Exception:
             log.exception("unhandled error", extra={"fields": {"request_id": rid, "path": path}})
@@ -223,6 +222,7 @@ class GatewayMiddleware:
         fields: dict[str, Any] = {
             "request_id": info.request_id,
             "method": scope["method"],
+            "client": (scope.get("client") or ("-",))[0],
             "path": path,
             "route": info.route,
             "model": info.model,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from starlette.requests import ClientDisconnect, Request
@@ -11,6 +11,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from .protocol import GatewayError
+
+T = TypeVar("T")
 
 
 class RelayResponse(Response):
@@ -67,6 +69,44 @@ class RelayResponse(Response):
                     await aclose()
                 if self.close is not None:
                     await self.close()
+
+
+class ClientGone(Exception):
+    """The client disconnected before the response was ready."""
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``; cancel it if the client disconnects first (vLLM then aborts).
+
+    Raises ``ClientGone`` in that case. Streams watch for themselves (RelayResponse).
+    """
+    gone = False
+    result: list[T] = []
+    error: Exception | None = None
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            nonlocal gone
+            while True:
+                message = await request.receive()
+                if message["type"] == "http.disconnect":
+                    gone = True
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(watch, name="disconnect-watch")
+        try:
+            result.append(await work)
+        except Exception as err:  # raised as itself below, not as an ExceptionGroup
+            error = err
+        tg.cancel_scope.cancel()
+    if gone:
+        raise ClientGone
+    if error is not None:
+        raise error
+    if not result:
+        raise ClientGone
+    return result[0]
 
 
 async def read_body(request: Request, limit: int) -> bytes:

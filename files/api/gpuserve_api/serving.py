@@ -256,7 +256,8 @@ class OpenAIServing:
         except UpstreamFailure as err:
             raise _upstream_error(info, err) from None
         finally:
-            await resp.aclose()
+            with anyio.CancelScope(shield=True):
+                await resp.aclose()
         if ctype.startswith("application/json") and b'"usage"' in data:
             try:
                 obj = json.loads(data)
@@ -568,7 +569,8 @@ class TritonServing:
         except UpstreamFailure as err:
             raise _upstream_error(info, err) from None
         finally:
-            await resp.aclose()
+            with anyio.CancelScope(shield=True):
+                await resp.aclose()
         try:
             obj = json.loads(data)
             choice = obj["choices"][0]

@@ -143,6 +143,7 @@ def test_check_config_validates_keys_file(
         ),
         ("keys:\n  - name: a\n    sha256: " + "1" * 64 + "\n", "quote it"),
         ("keys:\n  - name: a\n    key: plain\n", "exactly 'name' and 'sha256'"),
+        ("keys:\n  - name: a\n    sha256: " + hash_key("") + "\n", "empty key"),
     ],
 )
 def test_bad_keys_file(tmp_path: Path, content: str, needle: str) -> None:

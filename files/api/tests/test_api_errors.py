@@ -174,6 +174,7 @@ def test_in_flight_caps_answer_429_with_retry_after(capped_gateway: Proc) -> Non
             r = c3.post(url, json=body, headers=AUTH)  # alice's third: per-key cap
             assert r.status_code == 429
             assert r.headers["retry-after"] == "7"
+            assert len(r.headers.get_list("x-request-id")) == 1
             assert "limits.max_in_flight_per_key" in r.json()["error"]["message"]
             with c3.stream("POST", url, json=body, headers=bob) as s3:
                 assert s3.status_code == 200  # bob still has room
@@ -202,16 +203,23 @@ def test_client_disconnect_mid_stream_aborts_upstream(capped_gateway: Proc, slow
     assert "request aborted" in slow_sim.log()
 
 
-def test_disconnect_while_waiting_for_first_token_aborts_upstream(
+def test_disconnect_before_first_token_aborts_upstream_on_every_route(
     workdir: Path, keys_file: Path
 ) -> None:
     sim = start_sim(workdir, model=MODEL, ttft_ms=3000, itl_ms=5)
     gw = start_gateway(workdir, {"upstreams": [{"name": MODEL, "base_url": sim.url}]})
     try:
-        body = {"model": MODEL, "prompt": "x", "max_tokens": 5, "stream": True}
-        with pytest.raises(httpx.ReadTimeout):
-            httpx.post(gw.url + "/v1/completions", json=body, timeout=0.5)
-        assert _wait_metric(sim.url, "vllm:num_requests_running", 0, timeout=2.0) == 0
+        for path, body in (
+            ("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 5, "stream": True}),
+            ("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 5}),
+            (f"/v2/models/{MODEL}/generate", {"text_input": "x", "max_tokens": 5}),
+            (f"/v2/models/{MODEL}/generate_stream", {"text_input": "x", "max_tokens": 5}),
+        ):
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(gw.url + path, json=body, timeout=0.5)
+            # The gateway saw the client go and closed the upstream request.
+            assert _wait_metric(sim.url, "vllm:num_requests_running", 0, timeout=1.5) == 0, path
+        assert '"status":499' in gw.log()
     finally:
         gw.stop()
         sim.stop()

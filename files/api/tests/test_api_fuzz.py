@@ -41,7 +41,7 @@ def test_openapi_fuzz_never_5xx(fuzz_gateway: Proc) -> None:
     def fuzz(op: schemathesis.APIOperation, mode: GenerationMode) -> None:
         @given(case=op.as_strategy(generation_mode=mode))
         @settings(
-            max_examples=5, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+            max_examples=4, deadline=None, database=None, suppress_health_check=list(HealthCheck)
         )
         def run(case: schemathesis.Case) -> None:
             case.headers = {**(case.headers or {}), "Authorization": f"Bearer {KEY_ALICE}"}

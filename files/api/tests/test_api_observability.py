@@ -34,6 +34,7 @@ def test_request_log_is_json_without_prompt_text(gateway: Proc) -> None:
     entry = _log_line(gateway, "log-1")
     assert entry["model"] == MODEL
     assert entry["key"] == "alice"
+    assert entry["client"] == "127.0.0.1"
     assert entry["status"] == 200
     assert (entry["prompt_tokens"], entry["completion_tokens"]) == (1, 4)
     assert entry["duration_ms"] > 0

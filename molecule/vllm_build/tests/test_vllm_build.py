@@ -51,21 +51,24 @@ def test_venv_is_owned_by_the_service_account(name):
 
 @pytest.mark.parametrize("name", ALL)
 def test_torch_is_the_cpu_build_from_the_wheelhouse(name):
-    assert _py(name, "'import torch; print(torch.__version__)'") == "2.13.0+cpu"
+    assert _py(name, "import torch; print(torch.__version__)") == "2.13.0+cpu"
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_import_vllm_reports_0_11_0_with_the_empty_local_version(name):
     out = _py(
         name,
-        "'import importlib.metadata as m, vllm; print(vllm.__version__, m.version(\"vllm\"))'",
+        "import importlib.metadata as m, vllm; print(vllm.__version__, m.version('vllm'))",
     )
     assert out == "0.11.0 0.11.0+empty"
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_installed_vllm_carries_the_fixture_patch(name):
-    assert _py(name, "'from vllm import _gpuserve_fixture_patch as p; print(p.GPUSERVE_FIXTURE_PATCH)'") == "0001"
+    assert (
+        _py(name, "from vllm import _gpuserve_fixture_patch as p; print(p.GPUSERVE_FIXTURE_PATCH)")
+        == "0001"
+    )
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -17,7 +17,13 @@ from ..protocol import (
     ModelList,
     OpenAIError,
 )
-from ..responses import RelayResponse, json_response, read_body
+from ..responses import (
+    ClientGone,
+    RelayResponse,
+    cancel_on_disconnect,
+    json_response,
+    read_body,
+)
 from ..serving import ProxyResult
 
 router = APIRouter(tags=["openai"])
@@ -50,6 +56,12 @@ def _body_schema(model: type) -> dict[str, Any]:
     }
 
 
+def client_gone(info: RequestInfo) -> Response:
+    """Nothing to answer: the client left (logged as 499, as nginx does)."""
+    info.error = "client disconnected before the response"
+    return Response(status_code=499)
+
+
 def to_response(result: ProxyResult) -> Response:
     if result.stream is not None:
         return RelayResponse(result.stream, result.status, result.headers, result.close)
@@ -65,9 +77,13 @@ async def _proxy(
             400, "request body is empty: a JSON object is required", code="invalid_json"
         )
     query = request.scope.get("query_string", b"").decode("latin-1")
-    result = await state.openai.proxy(
+    work = state.openai.proxy(
         request.method, path + (f"?{query}" if query else ""), raw or None, info, need_model
     )
+    try:
+        result = await cancel_on_disconnect(request, work)
+    except ClientGone:
+        return client_gone(info)
     return to_response(result)
 
 

@@ -23,8 +23,8 @@ from ..protocol import (
     TritonGenerateRequest,
     TritonGenerateResponse,
 )
-from ..responses import json_response, read_body
-from .openai import to_response
+from ..responses import ClientGone, cancel_on_disconnect, json_response, read_body
+from .openai import client_gone, to_response
 
 router = APIRouter(tags=["triton"])
 
@@ -148,9 +148,16 @@ async def _generate(
     upstream = state.triton.resolve(model, version, info)
     raw = await read_body(request, state.config.limits.max_body_bytes)
     req = state.triton.parse(model, version, raw, stream)
-    if stream:
-        return to_response(await state.triton.open_stream(upstream, req, info))
-    return json_response(await state.triton.generate(upstream, req, info))
+    try:
+        if stream:
+            opened = await cancel_on_disconnect(
+                request, state.triton.open_stream(upstream, req, info)
+            )
+            return to_response(opened)
+        out = await cancel_on_disconnect(request, state.triton.generate(upstream, req, info))
+    except ClientGone:
+        return client_gone(info)
+    return json_response(out)
 
 
 @router.post(

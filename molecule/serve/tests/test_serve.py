@@ -1,0 +1,323 @@
+"""Full serving stack with the simulator engine: units, hardening, sockets, requests over TLS."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+KEY = "ci-test-key-0123456789"
+OTHER_KEY = "ci-other-key-0123456789"
+CA = "/etc/nginx/tls/gpuserve.crt"
+BASE = "https://localhost"
+UNITS = [
+    "vllm@tiny-local.service",
+    "vllm@tiny-archive.service",
+    "gpuserve-gateway.service",
+    "nginx.service",
+]
+
+
+def journal(host, unit: str) -> str:
+    return host.run(f"journalctl -u {unit} -n 40 --no-pager -o cat").stdout
+
+
+def curl(host, path: str, *args: str, key: str | None = KEY, base: str = BASE) -> tuple[int, str]:
+    """(status, body) of a request through nginx, with the certificate checked."""
+    auth = ["-H", f"'Authorization: Bearer {key}'"] if key else []
+    cmd = " ".join(
+        [
+            "curl",
+            "-sS",
+            "--cacert",
+            CA,
+            "-o",
+            "/tmp/body",
+            "-w",
+            "'%{http_code}'",
+            *auth,
+            *args,
+            f"'{base}{path}'",
+        ]
+    )
+    out = host.run(cmd)
+    assert out.rc == 0, out.stderr
+    return int(out.stdout.strip("'")), host.file("/tmp/body").content_string
+
+
+def post_json(host, path: str, payload: dict, key: str | None = KEY) -> tuple[int, str]:
+    body = json.dumps(payload).replace("'", "'\\''")
+    return curl(host, path, "-H", "'Content-Type: application/json'", "-d", f"'{body}'", key=key)
+
+
+def props(host, unit: str, names: list[str]) -> dict[str, str]:
+    out = host.check_output(f"systemctl show {unit} -p {','.join(names)}")
+    return dict(line.split("=", 1) for line in out.splitlines())
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_unit_is_active_and_enabled(host, unit):
+    service = host.service(unit)
+    assert service.is_running, journal(host, unit)
+    assert service.is_enabled
+
+
+@pytest.mark.parametrize("unit", ["vllm@tiny-local.service", "vllm@tiny-archive.service"])
+def test_model_unit_runs_the_simulator_hardened_as_vllm(host, unit):
+    p = props(
+        host,
+        unit,
+        [
+            "User",
+            "NoNewPrivileges",
+            "ProtectSystem",
+            "ProtectHome",
+            "PrivateTmp",
+            "PrivateDevices",
+            "DevicePolicy",
+            "CapabilityBoundingSet",
+            "RestrictNamespaces",
+            "MemoryDenyWriteExecute",
+            "IPAddressDeny",
+            "Restart",
+            "ReadWritePaths",
+            "Environment",
+            "Description",
+        ],
+    )
+    assert p["User"] == "vllm"
+    assert p["NoNewPrivileges"] == "yes"
+    assert p["ProtectSystem"] == "strict"
+    assert p["ProtectHome"] == "yes"
+    assert p["PrivateTmp"] == "yes"
+    assert p["PrivateDevices"] == "yes"
+    assert p["DevicePolicy"] == "closed"
+    assert p["CapabilityBoundingSet"] == ""
+    assert p["RestrictNamespaces"] == "yes"
+    assert p["MemoryDenyWriteExecute"] == "yes"
+    assert "0.0.0.0/0" in p["IPAddressDeny"]
+    assert p["Restart"] == "on-failure"
+    assert p["ReadWritePaths"].split() == ["/var/lib/vllm", "/run/vllm"]
+    assert "HF_HUB_OFFLINE=1" in p["Environment"]
+    assert "SIMULATOR" in p["Description"]
+
+
+def test_gateway_unit_is_hardened(host):
+    p = props(
+        host,
+        "gpuserve-gateway.service",
+        [
+            "User",
+            "NoNewPrivileges",
+            "ProtectSystem",
+            "PrivateDevices",
+            "CapabilityBoundingSet",
+            "MemoryDenyWriteExecute",
+            "SystemCallFilter",
+            "RestrictAddressFamilies",
+        ],
+    )
+    assert p["User"] == "gpuserve-gateway"
+    assert p["NoNewPrivileges"] == "yes"
+    assert p["ProtectSystem"] == "strict"
+    assert p["PrivateDevices"] == "yes"
+    assert p["CapabilityBoundingSet"] == ""
+    assert p["MemoryDenyWriteExecute"] == "yes"
+    assert p["SystemCallFilter"] != ""
+    assert p["RestrictAddressFamilies"].split() == ["AF_UNIX", "AF_INET", "AF_INET6"]
+
+
+@pytest.mark.parametrize(
+    ("unit", "ceiling"),
+    [("vllm@tiny-local.service", 2.0), ("gpuserve-gateway.service", 2.0)],
+)
+def test_systemd_analyze_security_exposure_is_low(host, unit, ceiling):
+    out = host.check_output(f"systemd-analyze security --no-pager {unit}")
+    level = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out).group(1))
+    print(f"{unit}: exposure {level}")
+    assert level <= ceiling, out[-1500:]
+
+
+def test_only_nginx_listens_beyond_loopback(host):
+    listeners = host.check_output("ss -Hltnp").splitlines()
+    assert listeners
+    outside = []
+    for line in listeners:
+        local = line.split()[3]
+        addr = local.rsplit(":", 1)[0].strip("[]")
+        if addr in ("127.0.0.1", "::1") or addr.startswith("127."):
+            continue
+        outside.append((local, line))
+    assert outside, "nginx must listen beyond loopback"
+    for local, line in outside:
+        assert '"nginx"' in line, line
+        assert local.rsplit(":", 1)[1] in ("80", "443"), line
+    gateway = [ln for ln in listeners if ln.split()[3] == "127.0.0.1:8000"]
+    assert gateway
+    assert "gpuserve-gatew" in gateway[0]
+    assert any(ln.split()[3] == "127.0.0.1:8101" for ln in listeners), "tiny-archive on tcp"
+
+
+def test_unix_socket_model_is_reachable_by_the_vllm_group_only(host):
+    run_dir = host.file("/run/vllm")
+    assert run_dir.mode == 0o750
+    assert run_dir.group == "vllm"
+    assert host.file("/run/vllm/tiny-local.sock").is_socket
+    assert "vllm" in host.user("gpuserve-gateway").groups
+
+
+def test_models_are_stored_as_name_at_revision(host):
+    local = host.file("/srv/models/tiny-local@v1")
+    assert local.is_symlink
+    assert local.linked_to == "/opt/gpuserve-fixtures/tiny_model/model"
+    archives = host.check_output("ls -d /srv/models/tiny-archive@*").split()
+    assert len(archives) == 1
+    assert re.fullmatch(r"/srv/models/tiny-archive@[0-9a-f]{12}", archives[0])
+    config = host.file(archives[0] + "/config.json")
+    assert config.group == "vllm"
+    assert config.mode == 0o640
+    assert '"model_type": "phi"' in config.content_string
+    assert host.file(archives[0] + "/.gpuserve-model.json").exists
+    assert host.check_output("ls -A /srv/models/.downloads") == ""
+
+
+def test_keys_file_holds_hashes_not_keys(host):
+    keys = host.file("/etc/gpuserve/api-keys.yml")
+    assert keys.mode == 0o640
+    assert keys.group == "gpuserve-gateway"
+    text = keys.content_string
+    assert KEY not in text
+    assert OTHER_KEY not in text
+    assert "name: ci" in text
+    assert re.search(r'sha256: "[0-9a-f]{64}"', text)
+
+
+def test_completion_through_nginx_over_tls(host):
+    status, body = post_json(
+        host, "/v1/completions", {"model": "tiny", "prompt": "hello world", "max_tokens": 5}
+    )
+    assert status == 200, body
+    data = json.loads(body)
+    assert data["object"] == "text_completion"
+    assert data["choices"][0]["text"]
+    assert data["usage"]["completion_tokens"] == 5
+
+
+def test_completion_by_alias_with_the_second_key(host):
+    status, body = post_json(
+        host,
+        "/v1/completions",
+        {"model": "tiny-model", "prompt": "hi", "max_tokens": 2},
+        key=OTHER_KEY,
+    )
+    assert status == 200, body
+
+
+def test_streamed_completion_arrives_in_chunks(host):
+    status, body = post_json(
+        host,
+        "/v1/completions",
+        {"model": "tiny-archive", "prompt": "stream me", "max_tokens": 6, "stream": True},
+    )
+    assert status == 200, body
+    events = [ln for ln in body.splitlines() if ln.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    assert len(events) >= 7
+    assert json.loads(events[0][6:])["object"] == "text_completion"
+
+
+def test_triton_generate_through_nginx(host):
+    status, body = post_json(
+        host, "/v2/models/tiny/generate", {"text_input": "hello", "parameters": {"max_tokens": 3}}
+    )
+    assert status == 200, body
+    data = json.loads(body)
+    assert data["model_name"] == "tiny"
+    assert data["text_output"]
+
+
+def test_request_without_key_is_401(host):
+    status, body = post_json(
+        host, "/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 1}, key=None
+    )
+    assert status == 401
+    assert "error" in json.loads(body)
+
+
+def test_body_over_the_nginx_limit_is_413(host):
+    host.run("head -c 100000 /dev/zero | tr '\\0' a > /tmp/big.txt")
+    status, body = curl(
+        host,
+        "/v1/completions",
+        "-H",
+        "'Content-Type: application/json'",
+        "--data-binary",
+        "@/tmp/big.txt",
+    )
+    assert status == 413
+    assert json.loads(body)["error"]["code"] == 413
+
+
+def test_plain_http_redirects_to_https(host):
+    out = host.check_output(
+        "curl -sS -o /dev/null -w '%{http_code} %{redirect_url}' http://127.0.0.1/v1/models"
+    )
+    assert out.startswith("301 https://")
+
+
+def test_tls_below_1_2_is_refused(host):
+    old = host.run(f"curl -sS --cacert {CA} --tlsv1.1 --tls-max 1.1 -o /dev/null {BASE}/health")
+    assert old.rc != 0
+    new = host.run(
+        f"curl -sS --cacert {CA} --tlsv1.3 -o /dev/null -w '%{{http_code}}' {BASE}/health"
+    )
+    assert new.rc == 0
+    assert new.stdout == "200"
+
+
+def test_metrics_are_served_to_loopback_only(host):
+    status, body = curl(host, "/metrics", key=None)
+    assert status == 200
+    assert "gpuserve" in body
+    ip = host.check_output("hostname -I").split()[0]
+    status, _ = curl(host, "/metrics", "--resolve", f"localhost:443:{ip}", key=None)
+    assert status == 403
+
+
+def test_access_log_is_json_with_the_request_id(host):
+    rid = f"testinfra-{time.time_ns()}"
+    status, _ = curl(host, "/v1/models", "-H", f"'X-Request-ID: {rid}'")
+    assert status == 200
+    lines = host.check_output(f"grep -h '{rid}' /var/log/nginx/gpuserve-access.json").splitlines()
+    entry = json.loads(lines[-1])
+    assert entry["request_id"] == rid
+    assert entry["status"] == 200
+    assert entry["tls"].startswith("TLS")
+
+
+def test_rate_limit_answers_429(host):
+    codes = host.check_output(
+        "for i in $(seq 1 120); do curl -s -o /dev/null -w '%{http_code}\\n' "
+        f"--cacert {CA} {BASE}/health & done; wait"
+    ).split()
+    assert "429" in codes, codes
+    assert "200" in codes
+
+
+def test_killed_model_restarts_and_ready_recovers(host):
+    unit = "vllm@tiny-local.service"
+    before = int(props(host, unit, ["NRestarts"])["NRestarts"])
+    pid = props(host, unit, ["MainPID"])["MainPID"]
+    host.check_output(f"systemctl kill -s KILL {unit}")
+    deadline = time.time() + 60
+    status = 0
+    while time.time() < deadline:
+        p = props(host, unit, ["NRestarts", "ActiveState", "MainPID"])
+        if int(p["NRestarts"]) > before and p["ActiveState"] == "active" and p["MainPID"] != pid:
+            status, _ = curl(host, "/ready", key=None)
+            if status == 200:
+                break
+        time.sleep(1)
+    assert status == 200, journal(host, unit)
