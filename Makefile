@@ -10,14 +10,14 @@ BIN       := $(CURDIR)/$(VENV)/bin
 PYTHON    ?= python3
 INVENTORY ?= inventories/local/hosts.yml
 ARGS      ?=
-# Scenarios to run; default: every molecule/<name>/molecule.yml.
-SCENARIOS ?= $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
+# Default: every molecule/<name>/molecule.yml except the demo (see `make demo`).
+SCENARIOS ?= $(filter-out demo,$(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 
 export PATH := $(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help deploy demo test lint unit molecule images docker bench-api clean
+.PHONY: help deploy demo demo-destroy test lint unit molecule images docker bench-api clean
 
 help:
 	@echo "make deploy   set up the controller and run site.yml against $(INVENTORY)"
@@ -77,6 +77,9 @@ molecule: $(VENV)/.tests docker images
 
 demo: $(VENV)/.tests docker images
 	$(BIN)/python tests/demo.py
+
+demo-destroy: $(VENV)/.tests
+	molecule destroy -s demo
 
 bench-api: $(VENV)/.tests
 	$(BIN)/python -m gpuserve_api.bench $(ARGS)

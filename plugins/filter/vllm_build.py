@@ -18,7 +18,8 @@ DOCUMENTATION = """
 name: vllm_build
 short_description: Filters of the gpuserve.vllm.vllm_build role
 description:
-  - vllm_build_jobs, vllm_build_cache_key, vllm_build_arch_list, vllm_build_sm_archs.
+  - vllm_build_jobs, vllm_build_cache_key, vllm_build_arch_list, vllm_build_sm_archs,
+    vllm_build_missing_elf_archs.
 """
 
 # --- build parallelism --------------------------------------------------------------
@@ -47,6 +48,15 @@ def sm_archs(value: str | Sequence[str]) -> list[str]:
         major, minor = base.split(".")
         out.append(f"sm_{major}{minor}")
     return out
+
+
+def missing_elf_archs(listing: str, archs: str | Sequence[str]) -> list[str]:
+    """Requested archs without an ELF in `cuobjdump --list-elf` output (sm_90 != sm_90a).
+
+    cuobjdump names each image like `ELF file    1: _C.abi3.1.sm_120.cubin`.
+    """
+    present = set(re.findall(r"\.(sm_\d+[af]?)\.cubin", listing))
+    return [sm for sm in sm_archs(archs) if sm not in present]
 
 
 def build_jobs(
@@ -224,4 +234,5 @@ class FilterModule:
             "vllm_build_cache_key": cache_key,
             "vllm_build_arch_list": arch_list,
             "vllm_build_sm_archs": sm_archs,
+            "vllm_build_missing_elf_archs": missing_elf_archs,
         }

@@ -83,6 +83,25 @@ def test_arch_list_rejects_garbage() -> None:
         vb.arch_list("sm_120")
 
 
+# Printed by cuobjdump 13.0 on the GPU validation host for a test object built with
+# -gencode arch=compute_120,code=sm_120 -gencode arch=compute_90,code=sm_90.
+CUOBJDUMP_LIST_ELF = """ELF file    1: _C.abi3.1.sm_120.cubin
+ELF file    2: _C.abi3.2.sm_90.cubin
+ELF file    3: _C.abi3.3.sm_120.cubin
+ELF file    4: _C.abi3.4.sm_90.cubin
+"""
+
+
+def test_cuobjdump_listing_covers_the_requested_archs() -> None:
+    assert vb.missing_elf_archs(CUOBJDUMP_LIST_ELF, "12.0") == []
+    assert vb.missing_elf_archs(CUOBJDUMP_LIST_ELF, "9.0 12.0") == []
+
+
+def test_cuobjdump_listing_reports_missing_archs_exactly() -> None:
+    assert vb.missing_elf_archs(CUOBJDUMP_LIST_ELF, "8.0 9.0a 12.0") == ["sm_80", "sm_90a"]
+    assert vb.missing_elf_archs("", "12.0") == ["sm_120"]
+
+
 def test_progress_from_ninja_steps_gives_percent_and_eta() -> None:
     log = "-- Configuring done\n[10/400] Building CUDA a.o\n[100/400] Building CXX b.o\n"
     p = vb.parse_progress(log, elapsed_s=300)
@@ -113,6 +132,12 @@ def test_progress_without_steps_reports_the_last_line() -> None:
             "torch_mismatch",
         ),
         ("fatal: unable to access 'https://github.com/nvidia/cutlass.git/'", "fetchcontent"),
+        # vLLM 0.24.0's CMake configure on the (offline) GPU validation host:
+        (
+            "CMake Error at cutlass-subbuild/cutlass-populate-prefix/tmp/"
+            "cutlass-populate-gitclone.cmake:55 (message):\n  Failed to clone repository:",
+            "fetchcontent",
+        ),
         ("error: something else entirely", "unknown"),
     ],
 )

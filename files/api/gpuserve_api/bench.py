@@ -357,9 +357,13 @@ def main(argv: list[str] | None = None) -> None:
             max_num_seqs=4096,
             log_level="warning",
         )
-        gw = start_gateway(
-            work, _gateway_config(sim, keys, args.gateway_workers), ready_path="/ready"
-        )
+        try:
+            gw = start_gateway(
+                work, _gateway_config(sim, keys, args.gateway_workers), ready_path="/ready"
+            )
+        except BaseException:
+            sim.stop()
+            raise
         try:
             rows = asyncio.run(_levels(args, sim, gw))
         finally:
@@ -370,9 +374,13 @@ def main(argv: list[str] | None = None) -> None:
         sim = start_sim(
             work, model=MODEL, ttft_ms=0, itl_ms=0, max_num_seqs=4096, log_level="warning"
         )
-        gw = start_gateway(
-            work, _gateway_config(sim, keys, args.gateway_workers), ready_path="/ready"
-        )
+        try:
+            gw = start_gateway(
+                work, _gateway_config(sim, keys, args.gateway_workers), ready_path="/ready"
+            )
+        except BaseException:
+            sim.stop()
+            raise
         try:
             pids = {"sim": sim.popen.pid, "gateway": gw.popen.pid}
             ceil = asyncio.run(

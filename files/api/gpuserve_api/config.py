@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -202,13 +203,30 @@ class ConfigError(Exception):
     """A configuration problem, with one human-readable message."""
 
 
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The settings allowed next to the unknown key at ``loc``."""
+    model: Any = GatewayConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        model = field.annotation
+        for arg in typing.get_args(model) or ():
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                model = arg
+    return list(model.model_fields) if hasattr(model, "model_fields") else []
+
+
 def _format_validation_error(source: str, err: ValidationError) -> str:
     lines = []
     for item in err.errors():
         loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
         msg = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            msg = "unknown setting (not allowed here; check the spelling against docs/api.md)"
+            allowed = _allowed_keys(tuple(item["loc"]))
+            msg = "unknown setting" + (f"; allowed here: {', '.join(allowed)}" if allowed else "")
         elif item["type"] == "missing":
             msg = "required setting is missing"
         elif "input" in item and item["type"] not in {"value_error", "assertion_error"}:

@@ -84,7 +84,11 @@ def start_sim(workdir: Path, wait: bool = True, **flags: Any) -> Proc:
     url = "http://localhost" if uds else f"http://127.0.0.1:{flags['port']}"
     proc = Proc(_spawn(args, workdir / f"{name}.log"), workdir / f"{name}.log", url)
     if wait:
-        wait_ready(url, proc, uds=uds)
+        try:
+            wait_ready(url, proc, uds=uds)
+        except BaseException:
+            proc.stop()  # never leave a half-started process behind
+            raise
     return proc
 
 
@@ -104,5 +108,9 @@ def start_gateway(
         f"http://127.0.0.1:{port}",
     )
     if wait:
-        wait_ready(proc.url, proc, path=ready_path)
+        try:
+            wait_ready(proc.url, proc, path=ready_path)
+        except BaseException:
+            proc.stop()
+            raise
     return proc

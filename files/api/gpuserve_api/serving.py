@@ -351,7 +351,10 @@ class OpenAIServing:
                 ", ".join(down),
                 extra={"fields": {"request_id": info.request_id}},
             )
-        return {"object": "list", "data": data}
+        unique: dict[str, dict[str, Any]] = {}
+        for card in data:  # an upstream may list an alias itself (--served-model-name a b)
+            unique.setdefault(str(card.get("id")), card)
+        return {"object": "list", "data": list(unique.values())}
 
 
 def _sse_texts(data: bytes) -> str:

@@ -41,7 +41,14 @@ def test_example_config_is_valid_and_documents_every_setting() -> None:
             {**GOOD, "listen": {"port": 70000}},
             "listen.port: Input should be less than or equal to 65535 (got 70000)",
         ),
-        ({**GOOD, "listen": {"prot": 1}}, "listen.prot: unknown setting"),
+        (
+            {**GOOD, "listen": {"prot": 1}},
+            "listen.prot: unknown setting; allowed here: host, port, workers,",
+        ),
+        (
+            {"upstreams": [{"name": "m", "base_url": "http://h:1", "timeouts": {"reed": 1}}]},
+            "upstreams.0.timeouts.reed: unknown setting; allowed here: connect, read, write,",
+        ),
         (
             {"upstreams": [{"name": "m", "base_url": "http://h:1/v1"}]},
             "upstreams.0.base_url: 'http://h:1/v1' is not allowed: use http://HOST:PORT",

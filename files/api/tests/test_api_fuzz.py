@@ -62,7 +62,7 @@ def test_openapi_fuzz_never_5xx(fuzz_gateway: Proc) -> None:
     for result in ops:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             fuzz(result.ok(), mode)
-    assert len(calls) >= 100
+    assert len(calls) >= 80
     assert any(c == 200 for c in calls)
     assert any(400 <= c < 500 for c in calls)
     assert not failures, "\n".join(failures)

@@ -179,15 +179,19 @@ def test_nccl_pin_beats_the_older_decoy_and_the_newer_build(host):
     assert "2.27.3-1+cuda12.9 600" in policy  # newer NVIDIA build is not taken
 
 
-def test_without_the_gpuserve_pin_the_decoy_would_win(host):
-    # Proves the decoy is a real threat: with only the keyring's and the decoy's preferences,
-    # apt would pick the old 2.18 from the decoy repository.
-    out = host.run(
+def test_without_the_gpuserve_pin_apt_would_take_a_decoy(host):
+    # Proves both decoys are real threats: with only the keyring's and the decoy's preferences,
+    # a fresh host would install the old 2.18 (decoy repo, priority 990) and this host would
+    # upgrade to the newer, untested 2.27.3.
+    only_other_prefs = (
         "d=$(mktemp -d) && cp /etc/apt/preferences.d/cuda-repository-pin-600 "
         "/etc/apt/preferences.d/decoy-ubuntu-multiverse $d/ && "
-        "apt-cache -o Dir::Etc::PreferencesParts=$d policy libnccl2; rm -rf $d"
+        "apt-cache -o Dir::Etc::PreferencesParts=$d {} policy libnccl2; rm -rf $d"
     )
-    assert "Candidate: 2.18.5-1" in out.stdout
+    fresh = host.run(only_other_prefs.format("-o Dir::State::status=/dev/null"))
+    assert "Candidate: 2.18.5-1" in fresh.stdout
+    installed = host.run(only_other_prefs.format(""))
+    assert "Candidate: 2.27.3-1+cuda12.9" in installed.stdout
 
 
 def test_ncclgetversion_of_the_real_library_reports_2_26_5(host):

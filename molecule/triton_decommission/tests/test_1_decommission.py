@@ -88,7 +88,7 @@ def test_backup_files_match_the_manifest_checksums(host, manifest):
 
 
 def test_nginx_listens_on_tritons_old_port(host, hv):
-    sockets = host.check_output("ss -Hltnp 'sport = :%s'", hv["http_port"])
+    sockets = host.check_output(f"ss -Hltnp 'sport = :{hv['http_port']}'")
     assert f"127.0.0.1:{hv['http_port']}" in sockets
     assert '"nginx"' in sockets
     assert host.file(HANDOVER_CONF).mode == 0o640

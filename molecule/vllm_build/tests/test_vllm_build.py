@@ -6,6 +6,7 @@ key and installs that wheel from the controller cache without building.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -33,10 +34,20 @@ def _manifest(name: str) -> dict:
     return json.loads(_host(name).file(MANIFEST).content_string)
 
 
-def _py(name: str, code: str) -> str:
-    cmd = _host(name).run("runuser -u vllm -- %s/bin/python -c %s", VENV, code)
+# One interpreter start per host (importing torch is the slow part), as the service account.
+VENV_FACTS = """
+import importlib.metadata as m, json, torch, vllm
+from vllm import _gpuserve_fixture_patch as p
+print(json.dumps({"torch": torch.__version__, "vllm": vllm.__version__,
+                  "dist": m.version("vllm"), "patch": p.GPUSERVE_FIXTURE_PATCH}))
+"""
+
+
+@functools.cache
+def _venv(name: str) -> dict:
+    cmd = _host(name).run("runuser -u vllm -- %s/bin/python -c %s", VENV, VENV_FACTS)
     assert cmd.rc == 0, cmd.stderr
-    return cmd.stdout.strip()
+    return json.loads(cmd.stdout)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -51,24 +62,18 @@ def test_venv_is_owned_by_the_service_account(name):
 
 @pytest.mark.parametrize("name", ALL)
 def test_torch_is_the_cpu_build_from_the_wheelhouse(name):
-    assert _py(name, "import torch; print(torch.__version__)") == "2.13.0+cpu"
+    assert _venv(name)["torch"] == "2.13.0+cpu"
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_import_vllm_reports_0_11_0_with_the_empty_local_version(name):
-    out = _py(
-        name,
-        "import importlib.metadata as m, vllm; print(vllm.__version__, m.version('vllm'))",
-    )
-    assert out == "0.11.0 0.11.0+empty"
+    assert _venv(name)["vllm"] == "0.11.0"
+    assert _venv(name)["dist"] == "0.11.0+empty"
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_installed_vllm_carries_the_fixture_patch(name):
-    assert (
-        _py(name, "from vllm import _gpuserve_fixture_patch as p; print(p.GPUSERVE_FIXTURE_PATCH)")
-        == "0001"
-    )
+    assert _venv(name)["patch"] == "0001"
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -149,3 +154,21 @@ def test_consumer_installed_the_builders_wheel_without_building():
     assert not host.file(f"{WORK}/logs/build.log").exists
     assert host.run("ls -A %s/src", WORK).stdout.strip() == ""
     assert host.run("ls %s/build-*.sh", WORK).rc != 0
+
+
+def test_build_script_sets_the_documented_build_environment():
+    m = _manifest(BUILDER)
+    script = _host(BUILDER).file(f"{WORK}/build-{m['key']}.sh")
+    assert script.mode == 0o755
+    for line in (
+        "export VLLM_TARGET_DEVICE=empty",
+        "export TORCH_CUDA_ARCH_LIST=12.0",
+        "export CUDA_HOME=/usr/local/cuda-12.8",
+        "export CMAKE_BUILD_TYPE=Release",
+        f"export MAX_JOBS={m['max_jobs']}",
+        "export NVCC_THREADS=1",
+        "export CCACHE_DIR=/var/cache/vllm-build/ccache",
+        "pip wheel --no-build-isolation --no-deps",
+    ):
+        assert script.contains(line), line
+    assert _host(BUILDER).file("/var/cache/vllm-build/ccache").user == "vllm"

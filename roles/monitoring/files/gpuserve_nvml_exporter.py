@@ -415,7 +415,10 @@ def _xid_metrics(snap: Snapshot) -> list[Metric]:
         "1 if Xid critical-error events are watched on this GPU.",
         labels=_GPU_LABELS,
     )
-    for uuid, ok in sorted(snap.xid_watched.items()):
+    by_index = sorted(
+        snap.xid_watched.items(), key=lambda kv: (int(index_of.get(kv[0], "-1")), kv[0])
+    )
+    for uuid, ok in by_index:
         watched.add_metric([index_of.get(uuid, ""), uuid], 1.0 if ok else 0.0)
     xids = CounterMetricFamily(
         "gpuserve_gpu_xid_errors",
