@@ -119,15 +119,17 @@ def test_recreate_switch_to_a_broken_model_restores_model_a(hosts, tmp_path):
 
 def test_blue_green_switch_to_model_b_drops_no_request(hosts, tmp_path):
     first, _second = hosts
-    probe = (
-        "systemd-run --unit=switch-probe /bin/sh -c 'while true; do "
-        'curl -s -o /dev/null -w "%{http_code}\\n" --cacert /etc/nginx/tls/gpuserve.crt '
-        f'-H "Authorization: Bearer {KEY}" -H "Content-Type: application/json" '
-        '-d "{\\"model\\": \\"chat\\", \\"prompt\\": \\"hi\\", \\"max_tokens\\": 2}" '
-        "https://localhost/v1/completions >> /tmp/switch-probe.log; sleep 0.2; done'"
+    # A client polling the whole time, as a transient unit inside the first host.
+    script = (
+        "while true; do curl -s -o /dev/null -w '%{http_code}\\n' "
+        "--cacert /etc/nginx/tls/gpuserve.crt "
+        f"-H 'Authorization: Bearer {KEY}' -H 'Content-Type: application/json' "
+        """-d '{"model": "chat", "prompt": "hi", "max_tokens": 2}' """
+        "https://localhost/v1/completions >> /tmp/switch-probe.log; sleep 0.2; done\n"
     )
     first.run("rm -f /tmp/switch-probe.log")
-    first.check_output(probe)
+    first.run(f"cat > /tmp/switch-probe.sh <<'EOF'\n{script}EOF")
+    first.check_output("systemd-run --collect --unit=switch-probe /bin/sh /tmp/switch-probe.sh")
     b = [model("model-b", GOOD, "b", "blue_green")]
     run = serve({FIRST: b, SECOND: b}, tmp_path)
     first.run("systemctl stop switch-probe")
