@@ -31,9 +31,12 @@ $(VENV)/.controller: requirements.txt
 	$(PYTHON) -m venv $(VENV) || { echo "creating the venv failed: apt-get install python3-venv"; exit 1; }
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt
-	@# PyPI's `ansible` bundles requirements.yml's collections; Galaxy only when they are missing.
-	@$(BIN)/ansible-galaxy collection list ansible.posix community.general >/dev/null 2>&1 \
-	  || $(BIN)/ansible-galaxy collection install -r requirements.yml -p collections
+	@# PyPI's `ansible` bundles requirements.yml's collections; Galaxy only for missing ones.
+	@for c in $$($(BIN)/python -c 'import yaml; print(*(c["name"] for c in yaml.safe_load(open("requirements.yml"))["collections"]))'); do \
+	  $(BIN)/ansible-galaxy collection list "$$c" >/dev/null 2>&1 \
+	    || { echo "collection $$c missing: installing requirements.yml from Galaxy"; \
+	         $(BIN)/ansible-galaxy collection install -r requirements.yml -p collections; break; }; \
+	done
 	touch $@
 
 $(VENV)/.tests: $(VENV)/.controller tests/requirements.txt files/api/pyproject.toml

@@ -17,7 +17,8 @@ ROLES = Path(__file__).resolve().parent.parent / "roles"
 def role_problems(role: Path) -> list[str]:
     defaults_file = role / "defaults" / "main.yml"
     specs_file = role / "meta" / "argument_specs.yml"
-    defaults = set((yaml.safe_load(defaults_file.read_text()) or {}) if defaults_file.exists() else {})
+    defaults_text = defaults_file.read_text() if defaults_file.exists() else ""
+    defaults = set(yaml.safe_load(defaults_text) or {})
     if not specs_file.exists():
         return [f"{role.name}: meta/argument_specs.yml is missing"] if defaults else []
     specs = yaml.safe_load(specs_file.read_text()) or {}

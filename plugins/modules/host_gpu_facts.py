@@ -36,7 +36,10 @@ EXAMPLES = r"""
 
 RETURN = r"""
 ansible_facts:
-  description: C(gpuserve_gpus) (list of dicts) and C(gpuserve_secure_boot) (enabled, disabled, not-uefi, unknown).
+  description:
+    - C(gpuserve_gpus), a list of dicts (pci_address, device_id, name, compute_capability,
+      name_source).
+    - C(gpuserve_secure_boot), one of enabled, disabled, not-uefi, unknown.
   returned: always
   type: dict
 """

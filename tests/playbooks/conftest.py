@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _venv_path() -> str:
-    """PATH with this interpreter's bin first, so ansible-runner finds the venv's ansible-playbook."""
+    """PATH with this interpreter's bin first: ansible-runner finds the venv's ansible-playbook."""
     return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 

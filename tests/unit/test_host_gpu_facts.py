@@ -9,7 +9,8 @@ import pytest
 
 MODULE = Path(__file__).resolve().parents[2] / "plugins" / "modules" / "host_gpu_facts.py"
 spec = importlib.util.spec_from_file_location("host_gpu_facts", MODULE)
-assert spec and spec.loader
+assert spec is not None
+assert spec.loader is not None
 gpu_facts = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(gpu_facts)
 
