@@ -467,6 +467,14 @@ class SimEngine:
                 log.info("gpuserve-sim: request aborted after %d tokens", generated)
 
 
+def _is_token_ids(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) > 0
+        and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value)
+    )
+
+
 def _count_tokens(text: str) -> int:
     return len(text.split())
 
@@ -653,16 +661,20 @@ class SimServer:
                 prompt, ptoks = _chat_prompt(body.get("messages"))
             else:
                 p = body.get("prompt")
-                if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str):
+                if isinstance(p, list) and len(p) == 1 and isinstance(p[0], (str, list)):
                     p = p[0]
-                if not isinstance(p, str):
+                if _is_token_ids(p):
+                    # vLLM accepts token ids; one id is one token, as there.
+                    prompt, ptoks = " ".join(str(t) for t in p), len(p)
+                elif isinstance(p, str):
+                    prompt, ptoks = p, max(1, _count_tokens(p))
+                else:
                     raise SimError(
                         400,
-                        "prompt: the simulator accepts one string prompt",
+                        "prompt: the simulator accepts one string or one list of token ids",
                         "BadRequestError",
                         "prompt",
                     )
-                prompt, ptoks = p, max(1, _count_tokens(p))
             job = self._job(body, prompt, ptoks, None if chat else 16)
             stream = body.get("stream", False)
             if not isinstance(stream, bool):

@@ -182,3 +182,50 @@ def test_sim_ignores_non_string_stop_entries(sim: Proc) -> None:
         sim.url + "/v1/completions", json={"prompt": "a", "max_tokens": 2, "stop": [{"x": 1}, 3]}
     )
     assert r.status_code == 200
+
+
+def _families(text: str) -> set[tuple[str, str]]:
+    return {
+        (parts[2], parts[3])
+        for parts in (line.split() for line in text.splitlines() if line.startswith("# TYPE vllm:"))
+    }
+
+
+def test_sim_metric_families_match_real_vllm(sim: Proc) -> None:
+    # Captured from vLLM 0.24.0 on a GPU: every vllm:* family the simulator exports must
+    # exist in real vLLM with the same type, so dashboards and alerts built on CI hold.
+    real_file = Path(__file__).parent / "data" / "vllm-0.24.0-metric-families.txt"
+    real = {
+        (name, kind)
+        for name, kind in (
+            line.split() for line in real_file.read_text().splitlines() if not line.startswith("#")
+        )
+    }
+    httpx.post(sim.url + "/v1/completions", json={"prompt": "a b c", "max_tokens": 2})
+    ours = {
+        f for f in _families(httpx.get(sim.url + "/metrics").text) if not f[0].endswith("_created")
+    }
+    assert ours, "the simulator exports no vllm:* families"
+    assert ours <= real, f"not in real vLLM 0.24.0: {sorted(ours - real)}"
+    for needed in (
+        ("vllm:num_requests_running", "gauge"),
+        ("vllm:num_requests_waiting", "gauge"),
+        ("vllm:kv_cache_usage_perc", "gauge"),
+        ("vllm:time_to_first_token_seconds", "histogram"),
+        ("vllm:e2e_request_latency_seconds", "histogram"),
+        ("vllm:generation_tokens_total", "counter"),
+    ):
+        assert needed in ours
+
+
+def test_sim_accepts_token_id_prompts_like_vllm(sim: Proc) -> None:
+    r = httpx.post(
+        sim.url + "/v1/completions",
+        json={"prompt": [101, 2009, 2003, 1037], "max_tokens": 3, "ignore_eos": True},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens"] == 4
+    assert r.json()["usage"]["completion_tokens"] == 3
+    bad = httpx.post(sim.url + "/v1/completions", json={"prompt": [1, "x"], "max_tokens": 3})
+    assert bad.status_code == 400
+    assert bad.json()["error"]["param"] == "prompt"
