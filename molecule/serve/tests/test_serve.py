@@ -154,8 +154,8 @@ def test_only_nginx_listens_beyond_loopback(host):
     for local, line in outside:
         assert '"nginx"' in line, line
         assert local.rsplit(":", 1)[1] in ("80", "443"), line
-    gateway = [ln for ln in listeners if ln.split()[3] == "127.0.0.1:8000"]
-    assert gateway, "the gateway listens on 127.0.0.1:8000"
+    gateway = [ln for ln in listeners if ln.split()[3] == "127.0.0.1:8080"]
+    assert gateway, "the gateway listens on 127.0.0.1:8080"
     assert any(ln.split()[3] == "127.0.0.1:8101" for ln in listeners), "tiny-archive on tcp"
 
 
