@@ -18,9 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-SERVED = os.environ.get("GPUSERVE_SERVED_NAME", "phi-2")
-KEY = "sk-gpu-validation"
+from gpu_settings import KEY, SERVED
 
 
 def skip_reason() -> str | None:

@@ -8,7 +8,7 @@ import time
 
 import httpx
 import pytest
-from conftest import KEY, SERVED
+from gpu_settings import KEY, SERVED
 
 pytestmark = pytest.mark.gpu
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import ansible_runner
 import pytest
+from playbook_run import PlaybookRun
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,28 +18,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def _venv_path() -> str:
     """PATH with this interpreter's bin first: ansible-runner finds the venv's ansible-playbook."""
     return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-
-
-class PlaybookRun:
-    def __init__(self, runner: Any) -> None:
-        self.status: str = runner.status
-        self.rc: int = runner.rc
-        self.events: list[dict[str, Any]] = list(runner.events)
-        self.stdout: str = runner.stdout.read()
-
-    def failure_messages(self) -> list[str]:
-        return [
-            str(e["event_data"]["res"].get("msg", ""))
-            for e in self.events
-            if e.get("event") == "runner_on_failed"
-        ]
-
-    def task_results(self, task: str) -> list[dict[str, Any]]:
-        return [
-            e["event_data"]["res"]
-            for e in self.events
-            if e.get("event") == "runner_on_ok" and e["event_data"].get("task") == task
-        ]
 
 
 @pytest.fixture

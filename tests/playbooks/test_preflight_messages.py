@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import PlaybookRun
+from playbook_run import PlaybookRun
 
 
 def test_site_on_a_host_without_gpu_stops_at_preflight_with_one_sentence(run_playbook) -> None:
