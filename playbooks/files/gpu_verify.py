@@ -392,7 +392,7 @@ def table(report: dict[str, object]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Read-only GPU host check.")
-    parser.add_argument("--venv", default="/opt/gpuserve/vllm-venv")
+    parser.add_argument("--venv", default="/opt/vllm/venv")  # vllm_build_venv
     parser.add_argument("--expect-driver-branch", default="")
     parser.add_argument("--expect-cuda", default="")
     parser.add_argument("--nccl-min", default="")

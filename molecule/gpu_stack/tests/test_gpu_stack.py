@@ -259,4 +259,4 @@ def test_verify_reports_toolkit_release_and_system_nccl(verify_reports, host):
 def test_verify_skips_torch_when_no_venv_exists(verify_reports, host):
     checks = checks_of(verify_reports[1], host)
     assert checks["torch venv"]["status"] == "skipped"
-    assert "/opt/gpuserve/vllm-venv" in checks["torch venv"]["detail"]
+    assert "/opt/vllm/venv" in checks["torch venv"]["detail"]  # vllm_build_venv
