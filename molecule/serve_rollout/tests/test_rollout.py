@@ -34,7 +34,39 @@ def model(name: str, path: str, revision: str, switch: str) -> dict:
     }
 
 
-def serve(models_by_host: dict[str, list[dict]], tmp_path: Path) -> subprocess.CompletedProcess:
+class PlaybookRun:
+    """One ansible-playbook run, read through the ansible.posix.json callback (no colours,
+    no line wrapping: the human-readable output depends on the terminal)."""
+
+    def __init__(self, proc: subprocess.CompletedProcess) -> None:
+        self.returncode = proc.returncode
+        self.stderr = proc.stderr
+        start = proc.stdout.find("{")
+        assert start >= 0, f"no JSON output: {proc.stdout[-2000:]} {proc.stderr[-2000:]}"
+        # Other enabled callbacks (profile_tasks) print after the document.
+        self.doc, _ = json.JSONDecoder().raw_decode(proc.stdout, start)
+
+    def failures(self, host: str) -> int:
+        return self.doc["stats"][host]["failures"]
+
+    def failure_text(self, host: str) -> str:
+        """Every message and output of the tasks that failed on `host`."""
+        parts: list[str] = []
+        for play in self.doc["plays"]:
+            for task in play["tasks"]:
+                result = task["hosts"].get(host)
+                if not result or not result.get("failed"):
+                    continue
+                for item in [result, *(r for r in result.get("results", []) if r.get("failed"))]:
+                    parts += [str(item.get(k, "")) for k in ("msg", "stdout", "stderr")]
+        return "\n".join(parts)
+
+    def batches(self) -> list[set[str]]:
+        """The hosts of each serial batch, in the order they ran."""
+        return [{h for task in play["tasks"] for h in task["hosts"]} for play in self.doc["plays"]]
+
+
+def serve(models_by_host: dict[str, list[dict]], tmp_path: Path) -> PlaybookRun:
     """Run playbooks/serve.yml (serial 1) with a models list per host."""
     extra = tmp_path / "vars.json"
     extra.write_text(
@@ -47,7 +79,7 @@ def serve(models_by_host: dict[str, list[dict]], tmp_path: Path) -> subprocess.C
         )
     )
     inventory_dir = str(Path(INVENTORY).parent)
-    run = subprocess.run(
+    proc = subprocess.run(
         [
             "ansible-playbook",
             "-i",
@@ -59,9 +91,11 @@ def serve(models_by_host: dict[str, list[dict]], tmp_path: Path) -> subprocess.C
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"},
+        env={**os.environ, "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json"},
     )
-    print(run.stdout[-6000:])
+    run = PlaybookRun(proc)
+    for host in run.doc["stats"]:
+        print(host, run.doc["stats"][host], run.failure_text(host)[-3000:])
     return run
 
 
@@ -106,10 +140,13 @@ def test_recreate_switch_to_a_broken_model_restores_model_a(hosts, tmp_path):
     current = [model("model-a", GOOD, "a", "blue_green")]
     run = serve({FIRST: broken, SECOND: current}, tmp_path)
     assert run.returncode != 0
-    assert "vllm@model-x.service failed its health gate" in run.stdout
-    assert "is not valid JSON" in run.stdout, "the journal lines explain why"
-    assert "Rolled back: vllm@model-a.service" in run.stdout
-    assert "healthy again" in run.stdout
+    failure = run.failure_text(FIRST)
+    assert "vllm@model-x.service failed its health gate" in failure
+    assert "is not valid JSON" in failure, "the journal lines explain why"
+    assert "Rolled back: vllm@model-a.service" in failure
+    assert "healthy again" in failure
+    # The first host's failure stopped the play: the second was never touched.
+    assert SECOND not in run.doc["stats"]
     assert active(first, "vllm@model-a.service") == "active"
     assert active(first, "vllm@model-x.service") != "active"
     assert not first.file("/etc/systemd/system/vllm@model-x.service.d").exists
@@ -127,13 +164,15 @@ def test_blue_green_switch_to_model_b_drops_no_request(hosts, tmp_path):
         """-d '{"model": "chat", "prompt": "hi", "max_tokens": 2}' """
         "https://localhost/v1/completions >> /tmp/switch-probe.log; sleep 0.2; done\n"
     )
-    first.run("rm -f /tmp/switch-probe.log")
+    first.run("systemctl stop switch-probe; rm -f /tmp/switch-probe.log")
     first.run(f"cat > /tmp/switch-probe.sh <<'EOF'\n{script}EOF")
     first.check_output("systemd-run --collect --unit=switch-probe /bin/sh /tmp/switch-probe.sh")
     b = [model("model-b", GOOD, "b", "blue_green")]
-    run = serve({FIRST: b, SECOND: b}, tmp_path)
-    first.run("systemctl stop switch-probe")
-    assert run.returncode == 0, run.stderr[-2000:]
+    try:
+        run = serve({FIRST: b, SECOND: b}, tmp_path)
+    finally:
+        first.run("systemctl stop switch-probe")
+    assert run.returncode == 0, run.failure_text(FIRST) + run.failure_text(SECOND)
     for h in hosts:
         assert active(h, "vllm@model-b.service") == "active"
         assert active(h, "vllm@model-a.service") != "active"
@@ -156,18 +195,16 @@ def test_rollout_stops_at_the_broken_second_host_and_the_first_keeps_serving(hos
         tmp_path,
     )
     assert run.returncode != 0
-    recap = run.stdout[run.stdout.rindex("PLAY RECAP") :]
-    assert f"{FIRST}" in recap
-    assert "failed=0" in next(ln for ln in recap.splitlines() if ln.startswith(FIRST))
-    assert "failed=1" in next(ln for ln in recap.splitlines() if ln.startswith(SECOND))
-    # The first host finished its whole batch (new model, gateway, retire) first.
-    assert run.stdout.index(f"[{FIRST}]") < run.stdout.index(f"[{SECOND}]")
+    assert run.failures(FIRST) == 0
+    assert run.failures(SECOND) == 1
+    # serial 1: the first host finished its whole batch (new model, gateway, retire) first.
+    assert run.batches() == [{FIRST}, {SECOND}]
     assert active(first, "vllm@model-c.service") == "active"
     assert active(first, "vllm@model-b.service") != "active"
     assert upstream_socket(first) == "/run/vllm/model-c.sock"
     assert completion_status(first) == 200
     # The second host failed its gate and kept serving model-b (blue_green never stopped it).
-    assert "vllm@model-bad.service failed its health gate" in run.stdout
+    assert "vllm@model-bad.service failed its health gate" in run.failure_text(SECOND)
     assert active(second, "vllm@model-b.service") == "active"
     assert not second.file("/etc/systemd/system/vllm@model-bad.service.d").exists
     assert upstream_socket(second) == "/run/vllm/model-b.sock"
