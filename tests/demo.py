@@ -47,9 +47,24 @@ def write_group_vars() -> dict[str, Any]:
     return merged
 
 
+def demo_container() -> str:
+    config = yaml.safe_load((ROOT / "molecule" / "demo" / "molecule.yml").read_text())
+    return config["platforms"][0]["name"]
+
+
+def is_running(container: str) -> bool:
+    probe = ["docker", "inspect", "--format", "{{.State.Running}}", container]
+    result = subprocess.run(probe, capture_output=True, text=True, check=False)
+    return result.returncode == 0 and result.stdout.strip() == "true"
+
+
 def main() -> int:
     settings = write_group_vars()
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}
+    if not is_running(demo_container()):
+        # Molecule's state outlives the container (a Docker restart removes it): start clean,
+        # or converge would try to reach a container that is gone.
+        subprocess.run(["molecule", "destroy", "-s", "demo"], cwd=ROOT, env=env, check=True)
     result = subprocess.run(["molecule", "converge", "-s", "demo"], cwd=ROOT, env=env, check=False)
     if result.returncode != 0:
         print("make demo: the converge failed; see the output above.", file=sys.stderr)
