@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.gpuserve.vllm.plugins.module_utils.checksums import sha256_file
 
 DOCUMENTATION = r"""
 module: triton_decommission_backup
@@ -58,10 +58,8 @@ options:
     description: Also C(docker save) each Triton image into the backup.
     type: bool
     default: false
-  docker_bin:
-    description: The docker CLI.
-    type: str
-    default: docker
+extends_documentation_fragment:
+  - gpuserve.vllm.triton_decommission
 author: gpuserve team
 """
 
@@ -86,14 +84,6 @@ manifest:
 """
 
 FORMAT = 1
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _tree(root: Path) -> list[Path]:
@@ -147,7 +137,7 @@ class Backup:
         self.files: dict[str, str] = {}
 
     def _record(self, path: Path) -> None:
-        self.files[str(path.relative_to(self.dest))] = _sha256(path)
+        self.files[str(path.relative_to(self.dest))] = sha256_file(path)
 
     def _write(self, rel: str, text: str) -> None:
         path = self.dest / rel
@@ -174,7 +164,7 @@ class Backup:
                         "project": project["project"],
                         "path": source,
                         "backup": rel,
-                        "sha256": _sha256(Path(source)),
+                        "sha256": sha256_file(Path(source)),
                     }
                 )
                 if not self.module.check_mode:
@@ -212,7 +202,7 @@ class Backup:
             out.append(entry)
             if self.module.check_mode:
                 continue
-            lines = [f"{_sha256(f)}  {f.relative_to(source)}\n" for f in _tree(source)]
+            lines = [f"{sha256_file(f)}  {f.relative_to(source)}\n" for f in _tree(source)]
             self._write(entry["checksums"], "".join(lines))
             if mode == "copy":
                 target = self.dest / entry["copy"]

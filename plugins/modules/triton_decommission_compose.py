@@ -17,7 +17,7 @@ description:
     starts and ends, removes exactly those lines (with the comment lines directly above the
     service's key), and leaves every other line, comment and blank line untouched.
   - Comments and blank lines just before the next service, or before the next top-level key,
-    stay: they belong to what follows.
+    stay, as they belong to what follows.
   - The result is parsed again and must hold the same data minus the service, else nothing is
     written. An optional I(validate) command (C(%s) = a temporary copy next to the file, so
     relative paths and C(.env) resolve) must succeed before the file is replaced atomically.

@@ -44,10 +44,8 @@ options:
     description: The container port of Triton's HTTP endpoint.
     type: int
     default: 8000
-  docker_bin:
-    description: The docker CLI.
-    type: str
-    default: docker
+extends_documentation_fragment:
+  - gpuserve.vllm.triton_decommission
 author: gpuserve team
 """
 
@@ -67,7 +65,7 @@ containers:
   returned: always
 compose:
   description: One entry per compose project holding Triton (project, working_dir,
-    config_files, triton_services, other_services, dependents, files, edits: the
+    config_files, triton_services, other_services, dependents, files, and edits, the
     path/service pairs to remove from files).
   type: list
   elements: dict

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.gpuserve.vllm.plugins.module_utils.checksums import sha256_file
 
 DOCUMENTATION = r"""
 module: triton_decommission_restore
@@ -32,10 +32,8 @@ options:
     description: The backup directory name, or C(latest).
     type: str
     default: latest
-  docker_bin:
-    description: The docker CLI.
-    type: str
-    default: docker
+extends_documentation_fragment:
+  - gpuserve.vllm.triton_decommission
 author: gpuserve team
 """
 
@@ -60,14 +58,6 @@ actions:
   elements: str
   returned: always
 """
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _pick(module: AnsibleModule, root: Path, name: str) -> Path:
@@ -109,7 +99,7 @@ def main() -> None:
     bad = [
         rel
         for rel, sha in manifest["files"].items()
-        if not (backup / rel).is_file() or _sha256(backup / rel) != sha
+        if not (backup / rel).is_file() or sha256_file(backup / rel) != sha
     ]
     if bad:
         module.fail_json(
@@ -119,7 +109,7 @@ def main() -> None:
     actions: list[str] = []
     for entry in manifest["compose_files"]:
         target = Path(entry["path"])
-        if target.is_file() and _sha256(target) == entry["sha256"]:
+        if target.is_file() and sha256_file(target) == entry["sha256"]:
             continue
         actions.append(f"restore compose file {target}")
         if not check:
@@ -130,7 +120,7 @@ def main() -> None:
         for line in (backup / repo["checksums"]).read_text(encoding="utf-8").splitlines():
             sha, rel = line.split("  ", 1)
             current = source / rel
-            if not current.is_file() or _sha256(current) != sha:
+            if not current.is_file() or sha256_file(current) != sha:
                 wrong.append(rel)
         if not wrong:
             continue
