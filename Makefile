@@ -18,13 +18,13 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help deploy demo demo-destroy test lint unit molecule images docker bench-api clean
+.PHONY: help deploy demo demo-destroy test lint unit molecule images docker bench-api version-lock clean
 
 help:
 	@echo "make deploy   set up the controller and run site.yml against $(INVENTORY)"
 	@echo "make test     set up the controller and test tools, then run every check"
 	@echo "make demo     run site.yml against a throwaway local systemd container"
-	@echo "make lint | unit | molecule [SCENARIOS='a b'] | images | bench-api"
+	@echo "make lint | unit | molecule [SCENARIOS='a b'] | images | bench-api | version-lock"
 
 # --- controller setup -------------------------------------------------------
 $(VENV)/.controller: requirements.txt
@@ -84,6 +84,10 @@ demo: $(VENV)/.tests docker images
 
 demo-destroy: $(VENV)/.tests
 	molecule destroy -s demo
+
+# Re-read from PyPI what the version matrix's pins require (needs PyPI; commit the result).
+version-lock: $(VENV)/.tests
+	$(BIN)/python tests/version_lock.py
 
 bench-api: $(VENV)/.tests
 	$(BIN)/python -m gpuserve_api.bench $(ARGS)

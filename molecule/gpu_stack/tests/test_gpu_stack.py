@@ -29,7 +29,10 @@ CUDA = PROFILE["cuda_version"]
 CUDA_PKG = PROFILE["cuda_package_version"]
 NCCL_PKG = PROFILE["nccl_package_version"]
 NCCL = NCCL_PKG.split("-")[0]
-DRIVER = "570.133.20-1"  # newest 570 build in the fixture: what the role must pick
+FIXTURE = json.loads((PROJECT / ".cache/nvidia_repo/repo/fixture.json").read_text())
+BRANCH = PROFILE["driver_branch"]
+# The newest build of the profile's branch in the fixture: what the role must pick.
+DRIVER = FIXTURE["driver_open_versions"][-1]
 
 
 def distro(host) -> str:
@@ -60,11 +63,12 @@ def test_apt_update_has_no_duplicate_source_warning(host):
 
 
 # --- driver --------------------------------------------------------------------------------------
-def test_proprietary_550_driver_was_replaced_by_open_570(host):
+def test_proprietary_550_driver_was_replaced_by_the_open_branch_of_the_profile(host):
+    assert FIXTURE["driver_branch"] == BRANCH
     assert not host.package("nvidia-kernel-dkms").is_installed
     assert not host.package("cuda-drivers-550").is_installed
     assert host.package("nvidia-kernel-open-dkms").version == DRIVER
-    assert host.package("cuda-drivers-570").version == DRIVER
+    assert host.package(f"cuda-drivers-{BRANCH}").version == DRIVER
     assert host.package("nvidia-persistenced").version == DRIVER
 
 
@@ -75,7 +79,7 @@ def test_driver_packages_are_no_longer_held(host):
 
 def test_driver_version_pin_wins_over_newer_and_older_builds(host):
     pin = host.file("/etc/apt/preferences.d/gpuserve-nvidia-driver").content_string
-    assert "Pin: version 570.133.20-*" in pin
+    assert f"Pin: version {DRIVER.split('-')[0]}-*" in pin
     assert "Pin-Priority: 1001" in pin
     policy = host.run("apt-cache policy nvidia-kernel-open-dkms").stdout
     assert f"Candidate: {DRIVER}" in policy
