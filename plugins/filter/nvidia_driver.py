@@ -26,9 +26,11 @@ PACKAGE_SETS: dict[str, dict[str, list[str]]] = {
         "Debian": ["nvidia-kernel-open-dkms", "cuda-drivers-{b}"],
         "Ubuntu": ["nvidia-dkms-{b}-open", "cuda-drivers-{b}"],
     },
-    # NVIDIA's repository, branches >= 590: nvidia-driver-pinning-<b> (installed first) selects the branch.
+    # NVIDIA's repository, branches >= 590: nvidia-driver-pinning-<b> (installed first)
+    # selects the branch.
     "cuda_repo_pinning": {"Debian": ["nvidia-open"], "Ubuntu": ["nvidia-open"]},
-    # Ubuntu archive with DKMS: nvidia-headless-<b>-server-open / nvidia-driver-<b>-open pull nvidia-dkms-*.
+    # Ubuntu archive with DKMS: nvidia-headless-<b>-server-open and nvidia-driver-<b>-open
+    # pull nvidia-dkms-*.
     "ubuntu_archive_headless": {
         "Ubuntu": ["nvidia-headless-{b}-server-open", "nvidia-utils-{b}-server"]
     },

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: nvidia_driver_facts
-short_description: Read the NVIDIA GPUs, the loaded kernel module and Secure Boot without lspci or mokutil
+short_description: NVIDIA GPUs, the loaded kernel module and Secure Boot, without lspci or mokutil
 description:
   - Reads only kernel interfaces, so it works on minimal hosts and inside containers. PCI
     display/3D controllers of vendor 0x10de from C(<sysfs_path>/bus/pci/devices); the loaded

@@ -103,7 +103,7 @@ def test_ga_kernel_gets_the_generic_signed_modules() -> None:
 
 
 def test_regular_line_signed_uses_the_open_not_server_open_names() -> None:
-    # The real names of the dpkg listing above: linux-modules-nvidia-580-open-<...>, nvidia-utils-580.
+    # Names as in the dpkg listing above: linux-modules-nvidia-580-open-<...>, nvidia-utils-580.
     p = plan(headless=False, kernel="6.14.0-37-generic", installed=UBUNTU_2404_HWE)
     assert p["packages"] == [
         "nvidia-headless-no-dkms-580-open",
