@@ -11,7 +11,8 @@ description:
     containers have no C(lspci), so sysfs is the source of truth.
   - Names and compute capabilities come from C(/proc/driver/nvidia/gpus) when a driver is
     loaded, else from a table of known device IDs; unknown IDs are reported as such.
-  - Reads Secure Boot from the UEFI variable in efivarfs (no C(mokutil) needed).
+  - Reads Secure Boot from the UEFI SecureBoot variable in efivarfs (no C(mokutil) needed),
+    through the collection's one definition of it (module_utils/secure_boot.py).
   - Read-only; supports check mode.
 options:
   pci_devices_path:
@@ -48,12 +49,12 @@ import os
 from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.gpuserve.vllm.plugins.module_utils.secure_boot import secure_boot_state
 
 NVIDIA_VENDOR = "0x10de"
 # PCI class 0x03xxxx is a display controller (VGA 0x0300, 3D 0x0302); the GPU's
 # HDMI audio function (0x0403) shares the vendor ID and must not be counted.
 DISPLAY_CLASS_PREFIX = "0x03"
-SECURE_BOOT_VAR = "efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-e98032b8c39c"
 
 # Device ID -> (marketing name, compute capability). Only what the project targets or
 # meets on validation hosts; everything else is reported as unknown, never guessed.
@@ -119,20 +120,6 @@ def find_gpus(pci_devices: Path, nvidia_proc: Path) -> list[dict[str, str | None
             }
         )
     return gpus
-
-
-def secure_boot_state(efi: Path) -> str:
-    if not efi.is_dir():
-        return "not-uefi"
-    var = efi / SECURE_BOOT_VAR
-    try:
-        data = var.read_bytes()
-    except OSError:
-        return "unknown"
-    # efivarfs prepends 4 bytes of attributes; the value is the last byte.
-    if not data:
-        return "unknown"
-    return "enabled" if data[-1] == 1 else "disabled"
 
 
 def main() -> None:

@@ -61,7 +61,8 @@ def test_missing_pci_tree_means_no_gpus(tmp_path: Path) -> None:
     [(b"\x06\x00\x00\x00\x01", "enabled"), (b"\x06\x00\x00\x00\x00", "disabled"), (b"", "unknown")],
 )
 def test_secure_boot_from_efivar(tmp_path: Path, value: bytes, expected: str) -> None:
-    var = tmp_path / gpu_facts.SECURE_BOOT_VAR
+    # The name real firmware gives the variable (tests/unit/test_secure_boot.py cites the source).
+    var = tmp_path / "efivars" / "SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
     var.parent.mkdir(parents=True)
     var.write_bytes(value)
     assert gpu_facts.secure_boot_state(tmp_path) == expected

@@ -1,17 +1,18 @@
-"""Unit tests of the nvidia_driver role's helper scripts (files/*.py)."""
+"""Unit tests of the nvidia_driver role's helpers: its facts module and files/*.py."""
 
 from __future__ import annotations
 
 import base64
 import importlib.util
-import json
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from ansible_collections.gpuserve.vllm.plugins.module_utils.secure_boot import SECURE_BOOT_VARIABLE
 
-FILES = Path(__file__).resolve().parents[2] / "roles" / "nvidia_driver" / "files"
+ROOT = Path(__file__).resolve().parents[2]
+FILES = ROOT / "roles" / "nvidia_driver" / "files"
 
 # A throwaway ed25519 public key (the nvidia_repo fixture's) and its fingerprint per gpg.
 KEY_B64 = (
@@ -23,8 +24,8 @@ KEY_B64 = (
 KEY_FPR = "8359C5E75D5E4B9765D3135D6FD6F20722B0864C"
 
 
-def load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, FILES / f"{name}.py")
+def load(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -33,8 +34,8 @@ def load(name: str) -> ModuleType:
     return module
 
 
-facts = load("nvidia_driver_facts")
-pgp = load("openpgp_fingerprints")
+facts = load("nvidia_driver_facts", ROOT / "plugins" / "modules" / "nvidia_driver_facts.py")
+pgp = load("openpgp_fingerprints", FILES / "openpgp_fingerprints.py")
 
 
 def make_tree(
@@ -58,7 +59,7 @@ def make_tree(
     if secure_boot is not None:
         efi = root / "sys/firmware/efi/efivars"
         efi.mkdir(parents=True)
-        (efi / facts.SECURE_BOOT_VAR).write_bytes(bytes([6, 0, 0, 0, secure_boot]))
+        (efi / SECURE_BOOT_VARIABLE).write_bytes(bytes([6, 0, 0, 0, secure_boot]))
 
 
 OPEN_580 = (
@@ -70,7 +71,7 @@ PROPRIETARY_550 = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.144.03  M
 
 def test_facts_count_only_nvidia_display_controllers(tmp_path):
     make_tree(tmp_path, gpus=2, version=OPEN_580)
-    result = facts.gather(tmp_path)
+    result = facts.gather(tmp_path / "sys", tmp_path / "proc")
     assert [g["address"] for g in result["gpus"]] == ["0000:00:00.0", "0000:01:00.0"]
 
 
@@ -86,28 +87,18 @@ def test_module_version_and_flavour_from_proc(text, expected):
     assert facts.parse_module_version(text) == expected
 
 
-@pytest.mark.parametrize(
-    ("value", "state"), [(1, "enabled"), (0, "disabled"), (None, "unsupported")]
-)
+@pytest.mark.parametrize(("value", "state"), [(1, "enabled"), (0, "disabled"), (None, "not-uefi")])
 def test_secure_boot_read_from_the_efi_variable_without_mokutil(tmp_path, value, state):
     make_tree(tmp_path, secure_boot=value)
-    assert facts.gather(tmp_path)["secure_boot"] == state
+    assert facts.gather(tmp_path / "sys", tmp_path / "proc")["secure_boot"] == state
 
 
 def test_facts_in_a_container_without_driver(tmp_path):
     make_tree(tmp_path)
-    result = facts.gather(tmp_path)
+    result = facts.gather(tmp_path / "sys", tmp_path / "proc")
     assert result["module_loaded"] is False
     assert result["module_flavour"] == ""
     assert result["nouveau_loaded"] is True
-
-
-def test_facts_script_prints_json(tmp_path, capsys):
-    make_tree(tmp_path, gpus=1, version=OPEN_580)
-    assert facts.main(["x", str(tmp_path)]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert out["module_version"] == "580.159.04"
-    assert out["module_flavour"] == "open"
 
 
 def test_fingerprint_of_a_binary_key_matches_gpg():
