@@ -127,7 +127,7 @@ def test_the_failing_host_is_drained_before_its_reboot_and_stops_the_rollout(hos
         "apt-get remove -y -qq $(dpkg-query -W -f '${Package}\\n' 'cuda-drivers-[0-9]*' "
         f"nvidia-kernel-open-dkms) && mv {shutdown} /root/shutdown.moved-by-test"
     )
-    # A long stream through nginx (4000 tokens at 50 ms: 200 s) and a /ready probe, both
+    # A long stream through nginx (4000 tokens at 100 ms: 400 s) and a /ready probe, both
     # logging with timestamps, run in the host while the playbook drains it.
     body = json.dumps(
         {"model": "chat", "prompt": "hi", "max_tokens": 4000, "ignore_eos": True, "stream": True}
@@ -179,7 +179,7 @@ def test_the_failing_host_is_drained_before_its_reboot_and_stops_the_rollout(hos
         assert active(first, unit) == "inactive", unit
     quit_at = epoch(run.result(FIRST, STOP_ACCEPTING)["end"])
     wait = run.result(FIRST, WAIT)
-    assert wait["rc"] == 124, "the 200 s stream outlived the drain timeout"
+    assert wait["rc"] == 124, "the 400 s stream outlived the drain timeout"
     cut_at = epoch(wait["end"])
     assert cut_at - quit_at >= DRAIN_TIMEOUT - 1
     stream = timed_lines(first, "/tmp/drain-stream.log")
