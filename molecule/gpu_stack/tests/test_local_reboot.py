@@ -32,7 +32,8 @@ import pytest
 import testinfra
 
 ROOT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
-HOST = "gpu_stack-debian13"  # the host that serves nothing: the serving tests use Debian 12
+SCENARIO = os.environ.get("MOLECULE_SCENARIO_NAME", "gpu_stack")
+HOST = f"{SCENARIO}-debian13"  # serves nothing: the serving tests use Debian 12
 SRC = "/srv/gpuserve-src"
 COLLECTIONS = "/srv/gpuserve-collections"
 GPU_STACK_PLAY = "GPU stack (driver, CUDA toolkit, NCCL), one batch of hosts at a time"

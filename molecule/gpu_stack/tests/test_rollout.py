@@ -30,7 +30,8 @@ import testinfra
 
 ROOT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
-FIRST, SECOND = "gpu_stack-debian12", "gpu_stack-debian13"
+SCENARIO = os.environ.get("MOLECULE_SCENARIO_NAME", "gpu_stack")
+FIRST, SECOND = f"{SCENARIO}-debian12", f"{SCENARIO}-debian13"
 KEY = "ci-test-key-0123456789"
 DRAIN_TIMEOUT = 10
 SERVING_UNITS = ["nginx.service", "gpuserve-gateway.service", "vllm@model-a.service"]
