@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sysconfig
 import tarfile
@@ -207,7 +208,10 @@ def test_the_driver_stage_installed_the_driver_and_stopped_for_the_reboot(local_
     assert [
         t for t in gpu_stack[report + 1 :] if "end_host" not in t and "Stop this host" not in t
     ] == []
-    assert host.package("cuda-drivers-570").is_installed
+    # The driver the stage installed again (the branch of the version matrix).
+    assert host.run("dpkg-query -W -f '${Status}' 'cuda-drivers-[0-9]*'").stdout.startswith(
+        "install ok installed"
+    )
     assert host.file("/run/reboot-required").contains("reboot skipped: local connection")
 
 
@@ -218,7 +222,7 @@ def test_no_later_stage_ran_on_the_host(local_run):
         ran = local_run.ran(local_run.play(name))
         assert GUARD_TASK in ran, name
         assert set(ran) <= {"Gathering Facts", GUARD_TASK, GUARD_END}, (name, ran)
-    # And the host shows it: no vLLM venv, no gateway or vLLM units, no exporter.
+    # And the host shows it: no vLLM venv, no gateway or vLLM units.
     assert not host.file("/opt/vllm/venv").exists
     assert not host.file("/etc/systemd/system/gpuserve-gateway.service").exists
     assert not host.file("/etc/systemd/system/vllm@.service").exists
@@ -231,7 +235,9 @@ def test_the_run_fails_with_one_sentence_reboot_then_rerun(local_run):
     ((task, result),) = local_run.failed()
     assert task == "Stop with what changed and what to do next"
     msg = result["msg"]
-    assert msg.startswith("localhost: NVIDIA driver 570.")
+    assert re.match(
+        r"localhost: NVIDIA driver \d+\.\d+(\.\d+)? \(branch \d+, open modules\)", msg
+    ), msg
     assert "kernel module loads only after a reboot" in msg
     assert msg.endswith("reboot this machine (sudo reboot), then rerun the same command.")
     assert ". " not in msg, "one sentence"
