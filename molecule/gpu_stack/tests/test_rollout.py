@@ -41,6 +41,7 @@ DRAIN_TASKS = [
     DRAIN + "Stop accepting new connections at nginx (graceful quit, running requests go on)",
     DRAIN + "Wait for the running requests to finish (nginx exits after the last one)",
     DRAIN + "Report the requests cut at the drain timeout",
+    DRAIN + "Cut the requests still running at the drain timeout (nginx fast shutdown)",
     DRAIN + "Stop nginx, the gateway and the model instances",
 ]
 STOP_ACCEPTING, WAIT = DRAIN_TASKS[0], DRAIN_TASKS[1]
