@@ -238,10 +238,12 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _gateway_config(sim: Proc, keys_file: Path, workers: int = 1) -> dict[str, Any]:
+def _gateway_config(
+    sim: Proc, keys_file: Path, workers: int = 1, client: str = "native"
+) -> dict[str, Any]:
     return {
         "listen": {"workers": workers},
-        "upstreams": [{"name": MODEL, "base_url": sim.url}],
+        "upstreams": [{"name": MODEL, "base_url": sim.url, "client": client}],
         "auth": {"enabled": True, "keys_file": str(keys_file)},
         "limits": {"max_in_flight": 4096, "max_in_flight_per_key": 4096},
         "logging": {"level": "warning", "access_log": True},
@@ -324,6 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--itl-ms", type=float, default=5.0)
     p.add_argument("--ceiling-streams", type=int, default=64)
     p.add_argument("--gateway-workers", type=int, default=1)
+    p.add_argument("--upstream-client", default="native")
     p.add_argument(
         "--json",
         default=str(Path(tempfile.gettempdir()) / "gpuserve-bench-api.json"),
@@ -359,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         try:
             gw = start_gateway(
-                work, _gateway_config(sim, keys, args.gateway_workers), ready_path="/ready"
+                work, _gateway_config(sim, keys, args.gateway_workers, args.upstream_client), ready_path="/ready"
             )
         except BaseException:
             sim.stop()
@@ -376,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         try:
             gw = start_gateway(
-                work, _gateway_config(sim, keys, args.gateway_workers), ready_path="/ready"
+                work, _gateway_config(sim, keys, args.gateway_workers, args.upstream_client), ready_path="/ready"
             )
         except BaseException:
             sim.stop()

@@ -76,7 +76,7 @@ class Upstream(_Strict):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     # HTTP client towards this upstream: "native" (asyncio + httptools, the fast streaming
     # path) or "httpx". Both pool keep-alive connections and speak TCP or unix sockets.
-    client: Literal["native", "httpx"] = "native"
+    client: Literal["native", "httpx", "aiohttp"] = "native"
     # Pooled keep-alive connections towards this upstream (per worker).
     max_connections: int = Field(1024, ge=1, le=65536)
     max_keepalive_connections: int = Field(256, ge=0, le=65536)

@@ -42,6 +42,10 @@ def default_upstream_factory(config: Upstream) -> UpstreamClient:
     """The client named by ``upstreams[].client``."""
     if config.client == "httpx":
         return HttpxUpstream(config)
+    if config.client == "aiohttp":
+        from .upstream_aiohttp import AiohttpUpstream
+
+        return AiohttpUpstream(config)
     return NativeUpstream(config)
 
 

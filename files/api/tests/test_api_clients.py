@@ -12,7 +12,7 @@ import pytest
 from api_env import MODEL
 from gpuserve_api.procs import Proc, free_port, start_gateway, start_sim
 
-CLIENTS = ["native", "httpx"]
+CLIENTS = ["native", "httpx", "aiohttp"]
 
 
 def _running(sim: Proc) -> float:
