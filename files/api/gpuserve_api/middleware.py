@@ -6,7 +6,6 @@ one structured log line. Streams count as in flight until their last byte.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -24,7 +23,7 @@ from .limits import InFlight
 from .logs import ACCESS
 from .metrics import GatewayMetrics
 from .protocol import GatewayError
-from .responses import error_body
+from .responses import error_response
 from .route_labels import label_for
 
 log = logging.getLogger("gpuserve.gateway")
@@ -63,14 +62,6 @@ class GatewayMiddleware:
         self.max_body = config.limits.max_body_bytes
         self.retry_after = str(config.limits.retry_after_seconds)
         self.access = config.logging.access_log
-
-    async def _reject(self, send: Send, path: str, err: GatewayError) -> None:
-        headers = [(b"content-type", b"application/json")]
-        headers += [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
-        await send({"type": "http.response.start", "status": err.status, "headers": headers})
-        await send(
-            {"type": "http.response.body", "body": json.dumps(error_body(path, err)).encode()}
-        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -147,16 +138,13 @@ class GatewayMiddleware:
             await self.app(scope, receive, send_wrapper)
         except GatewayError as err:
             info.error = err.message
-            await self._reject(send_wrapper, path, err)
+            await error_response(path, err)(scope, receive, send_wrapper)
         except Exception:
             log.exception("unhandled error", extra={"fields": {"request_id": rid, "path": path}})
             if not info.status:
                 info.error = "internal error"
-                await self._reject(
-                    send_wrapper,
-                    path,
-                    GatewayError(500, f"internal error (request id {rid})", "internal_error"),
-                )
+                err = GatewayError(500, f"internal error (request id {rid})", "internal_error")
+                await error_response(path, err)(scope, receive, send_wrapper)
         finally:
             if acquired is not None:
                 self.limiter.release(acquired)
