@@ -40,8 +40,8 @@ $(VENV)/.controller: requirements.txt
 	done
 	touch $@
 
-$(VENV)/.tests: $(VENV)/.controller tests/requirements.txt files/api/pyproject.toml
-	$(BIN)/pip install -q -r tests/requirements.txt -e 'files/api[test]'
+$(VENV)/.tests: $(VENV)/.controller tests/requirements.txt files/api/pyproject.toml files/api/sim/pyproject.toml
+	$(BIN)/pip install -q -r tests/requirements.txt -e 'files/api[test]' -e 'files/api/sim[harness]'
 	touch $@
 
 # --- the README's commands --------------------------------------------------
@@ -90,7 +90,7 @@ version-lock: $(VENV)/.tests
 	$(BIN)/python tests/version_lock.py
 
 bench-api: $(VENV)/.tests
-	$(BIN)/python -m gpuserve_api.bench $(ARGS)
+	$(BIN)/python -m gpuserve_sim.bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -49,7 +49,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def vllm_url(workdir: Path) -> Iterator[str]:
     """A real vLLM OpenAI server: the given one, or one started here."""
-    from gpuserve_api.procs import Proc, free_port, wait_ready
+    from gpuserve_sim.procs import Proc, free_port, wait_ready
 
     given = os.environ.get("GPUSERVE_VLLM_URL")
     if given:
@@ -88,7 +88,7 @@ def vllm_url(workdir: Path) -> Iterator[str]:
 def gateway_url(workdir: Path, vllm_url: str) -> Iterator[str]:
     """The gateway in front of vLLM, with a small per-key cap for the overload test."""
     from gpuserve_api.auth import hash_key
-    from gpuserve_api.procs import start_gateway
+    from gpuserve_sim.procs import start_gateway
 
     keys = workdir / "keys.yml"
     keys.write_text(f"keys:\n  - name: validation\n    sha256: {hash_key(KEY)}\n")

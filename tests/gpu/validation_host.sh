@@ -21,7 +21,7 @@ GATEWAY_PORT=9000
 NGINX_PORT=9443
 KEY=sk-gpu-bench
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
-export PYTHONPATH=/tmp/site:/tmp/testdeps:$REPO/files/api
+export PYTHONPATH=/tmp/site:/tmp/testdeps:$REPO/files/api:$REPO/files/api/sim
 # FlashInfer is not in the kit; NVLink multicast stays off on these hosts.
 export VLLM_USE_FLASHINFER_SAMPLER=0 NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 mkdir -p "$OUT"

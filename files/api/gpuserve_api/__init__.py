@@ -1,3 +1,3 @@
-"""gpuserve inference API: a gateway over vLLM's OpenAI server, and a vLLM simulator."""
+"""gpuserve inference gateway over vLLM's OpenAI server (OpenAI and Triton generate APIs)."""
 
 __version__ = "0.1.0"

@@ -74,9 +74,6 @@ class Upstream(_Strict):
     # /ready answers 503 until every required upstream passes its health check.
     required: bool = True
     timeouts: Timeouts = Field(default_factory=Timeouts)
-    # HTTP client towards this upstream: "native" (asyncio + httptools, the fast streaming
-    # path) or "httpx". Both pool keep-alive connections and speak TCP or unix sockets.
-    client: Literal["native", "httpx"] = "native"
     # Pooled keep-alive connections towards this upstream (per worker).
     max_connections: int = Field(1024, ge=1, le=65536)
     max_keepalive_connections: int = Field(256, ge=0, le=65536)
@@ -97,7 +94,13 @@ class Upstream(_Strict):
     def _base_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        if not re.match(r"^https?://[^/\s]+(:\d+)?/?$", value):
+        if value.lower().startswith("https://"):
+            raise ValueError(
+                f"{value!r} is not allowed: the gateway's upstream client speaks plain HTTP "
+                "only (vLLM on loopback or a private network); use http://HOST:PORT or uds, "
+                "or put a TLS-terminating proxy on this host in front of the remote vLLM"
+            )
+        if not re.match(r"^http://[^/\s]+(:\d+)?/?$", value):
             raise ValueError(
                 f"{value!r} is not allowed: use http://HOST:PORT (no path; the gateway "
                 "adds /v1/...), e.g. http://127.0.0.1:8100"

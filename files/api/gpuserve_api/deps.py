@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from .config import GatewayConfig
 from .context import RequestInfo
 from .metrics import GatewayMetrics
-from .serving import OpenAIServing, ReadinessCache, Registry, TritonServing
+from .serving.common import Registry
+from .serving.openai import OpenAIServing
+from .serving.readiness import ReadinessCache
+from .serving.triton import TritonServing
 
 
 @dataclass
@@ -30,3 +34,8 @@ async def get_state(request: Request) -> GatewayState:
 
 async def get_info(request: Request) -> RequestInfo:
     return request.state.gw_info
+
+
+# What a route handler declares to receive them.
+State = Annotated[GatewayState, Depends(get_state)]
+Info = Annotated[RequestInfo, Depends(get_info)]

@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from . import __version__
 from .auth import KeyStore, load_keys
@@ -28,9 +28,13 @@ from .protocol import (
     GatewayError,
     TritonGenerateRequest,
 )
+from .responses import error_response
 from .routers import health, metrics, openai, triton
-from .serving import OpenAIServing, ReadinessCache, Registry, TritonServing
-from .upstream import HttpxUpstream, UpstreamClient
+from .serving.common import Registry
+from .serving.openai import OpenAIServing
+from .serving.readiness import ReadinessCache
+from .serving.triton import TritonServing
+from .upstream import UpstreamClient
 from .upstream_native import NativeUpstream
 
 log = logging.getLogger("gpuserve.gateway")
@@ -39,18 +43,14 @@ UpstreamFactory = Callable[[Upstream], UpstreamClient]
 
 
 def default_upstream_factory(config: Upstream) -> UpstreamClient:
-    """The client named by ``upstreams[].client``."""
-    if config.client == "httpx":
-        return HttpxUpstream(config)
     return NativeUpstream(config)
 
 
 def _error_response(request: Request, err: GatewayError) -> Response:
-    body = err.triton_body() if request.url.path.startswith("/v2") else err.openai_body()
     info = getattr(request.state, "gw_info", None)
     if info is not None:
         info.error = err.message
-    return JSONResponse(body, status_code=err.status, headers=err.headers or None)
+    return error_response(request.url.path, err)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -146,10 +146,17 @@ def create_app(
         redoc_url=None,
     )
     _install_error_handlers(app)
-    for module in (health, metrics, openai, triton):
-        app.include_router(module.router)
+    routers = (health.router, metrics.router, openai.router, triton.router)
+    for router in routers:
+        app.include_router(router)
     app.add_middleware(
-        GatewayMiddleware, config=config, keys=keys, limiter=limiter, metrics=metrics_obj
+        GatewayMiddleware,
+        config=config,
+        keys=keys,
+        limiter=limiter,
+        metrics=metrics_obj,
+        # The declared routes, in the app's order: the middleware labels by them.
+        routes=[route for router in routers for route in router.routes],
     )
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app

@@ -6,13 +6,14 @@ one structured log line. Streams count as in flight until their last byte.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import KeyStore, bearer_token
@@ -22,6 +23,8 @@ from .limits import InFlight
 from .logs import ACCESS
 from .metrics import GatewayMetrics
 from .protocol import GatewayError
+from .responses import error_response
+from .route_labels import label_for
 
 log = logging.getLogger("gpuserve.gateway")
 access_log = logging.getLogger(ACCESS)
@@ -29,38 +32,6 @@ access_log = logging.getLogger(ACCESS)
 _RID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _READY_V2 = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/ready$")
 _QUIET = frozenset({"/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready"})
-
-KNOWN_ROUTES = {
-    "/v1/completions": "/v1/completions",
-    "/v1/chat/completions": "/v1/chat/completions",
-    "/v1/models": "/v1/models",
-    "/health": "/health",
-    "/ready": "/ready",
-    "/metrics": "/metrics",
-    "/v2": "/v2",
-    "/v2/health/live": "/v2/health",
-    "/v2/health/ready": "/v2/health",
-}
-
-
-def route_label(path: str) -> str:
-    """A bounded label for metrics (never the raw path)."""
-    label = KNOWN_ROUTES.get(path)
-    if label:
-        return label
-    if path.startswith("/v2/"):
-        if path.endswith("/generate_stream"):
-            return "/v2/generate_stream"
-        if path.endswith("/generate"):
-            return "/v2/generate"
-        if path.endswith("/ready"):
-            return "/v2/models/ready"
-        return "/v2/models"
-    if path.startswith("/v1/models/"):
-        return "/v1/models"
-    if path.startswith("/v1/"):
-        return "/v1/*"
-    return "other"
 
 
 def is_open(path: str) -> bool:
@@ -72,11 +43,6 @@ def is_open(path: str) -> bool:
     )
 
 
-def error_bytes(path: str, err: GatewayError) -> bytes:
-    body = err.triton_body() if path.startswith("/v2") else err.openai_body()
-    return json.dumps(body).encode()
-
-
 class GatewayMiddleware:
     def __init__(
         self,
@@ -85,8 +51,10 @@ class GatewayMiddleware:
         keys: KeyStore | None,
         limiter: InFlight,
         metrics: GatewayMetrics | None,
+        routes: Sequence[BaseRoute],
     ) -> None:
         self.app = app
+        self.routes = routes
         self.config = config
         self.keys = keys
         self.limiter = limiter
@@ -94,12 +62,6 @@ class GatewayMiddleware:
         self.max_body = config.limits.max_body_bytes
         self.retry_after = str(config.limits.retry_after_seconds)
         self.access = config.logging.access_log
-
-    async def _reject(self, send: Send, path: str, err: GatewayError) -> None:
-        headers = [(b"content-type", b"application/json")]
-        headers += [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
-        await send({"type": "http.response.start", "status": err.status, "headers": headers})
-        await send({"type": "http.response.body", "body": error_bytes(path, err)})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -119,7 +81,7 @@ class GatewayMiddleware:
                 length = value
         if rid is None or not _RID.match(rid):
             rid = uuid.uuid4().hex
-        info = RequestInfo(request_id=rid, route=route_label(path))
+        info = RequestInfo(request_id=rid, route=label_for(self.routes, scope))
         scope.setdefault("state", {})["gw_info"] = info
         rid_header = (b"x-request-id", rid.encode())
         first_byte: list[float] = []
@@ -176,16 +138,13 @@ class GatewayMiddleware:
             await self.app(scope, receive, send_wrapper)
         except GatewayError as err:
             info.error = err.message
-            await self._reject(send_wrapper, path, err)
+            await error_response(path, err)(scope, receive, send_wrapper)
         except Exception:
             log.exception("unhandled error", extra={"fields": {"request_id": rid, "path": path}})
             if not info.status:
                 info.error = "internal error"
-                await self._reject(
-                    send_wrapper,
-                    path,
-                    GatewayError(500, f"internal error (request id {rid})", "internal_error"),
-                )
+                err = GatewayError(500, f"internal error (request id {rid})", "internal_error")
+                await error_response(path, err)(scope, receive, send_wrapper)
         finally:
             if acquired is not None:
                 self.limiter.release(acquired)

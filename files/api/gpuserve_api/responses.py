@@ -1,4 +1,7 @@
-"""Response helpers shared by the routers."""
+"""Response plumbing, in one place: serving results, errors and streams become HTTP.
+
+Routers, the exception handlers (``main.py``) and the middleware answer through these.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from .context import RequestInfo
 from .protocol import GatewayError
+from .serving.common import ProxyResult
 
 T = TypeVar("T")
 
@@ -130,3 +135,38 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def json_response(data: Any, status: int = 200) -> Response:
     return JSONResponse(data, status_code=status)
+
+
+def to_response(result: ProxyResult | dict[str, Any]) -> Response:
+    """A serving result as a response: a JSON object, a whole body, or a relayed stream."""
+    if isinstance(result, dict):
+        return json_response(result)
+    if result.stream is not None:
+        return RelayResponse(result.stream, result.status, result.headers, result.close)
+    return Response(result.body, status_code=result.status, headers=result.headers)
+
+
+def client_gone(info: RequestInfo) -> Response:
+    """Nothing to answer: the client left (logged as 499, as nginx does)."""
+    info.error = "client disconnected before the response"
+    return Response(status_code=499)
+
+
+def error_body(path: str, err: GatewayError) -> dict[str, Any]:
+    """Triton's error shape on /v2, OpenAI's everywhere else."""
+    return err.triton_body() if path.startswith("/v2") else err.openai_body()
+
+
+def error_response(path: str, err: GatewayError) -> Response:
+    return JSONResponse(error_body(path, err), status_code=err.status, headers=err.headers or None)
+
+
+async def relay(
+    request: Request, info: RequestInfo, work: Awaitable[ProxyResult | dict[str, Any]]
+) -> Response:
+    """Await a serving call (cancelled if the client leaves first) and answer its result."""
+    try:
+        result = await cancel_on_disconnect(request, work)
+    except ClientGone:
+        return client_gone(info)
+    return to_response(result)

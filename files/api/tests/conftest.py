@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from api_env import ALIAS, KEY_ALICE, KEY_BOB, LIMITS, MODEL
 from gpuserve_api.auth import hash_key
-from gpuserve_api.procs import Proc, start_gateway, start_sim
+from gpuserve_sim.procs import Proc, start_gateway, start_sim
 
 
 @pytest.fixture(scope="session")

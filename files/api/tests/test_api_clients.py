@@ -1,4 +1,4 @@
-"""Both upstream client implementations (native, httpx) behave the same."""
+"""The upstream client: TCP and unix sockets, a down upstream, aborts, keep-alive reuse."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from api_env import MODEL
-from gpuserve_api.procs import Proc, free_port, start_gateway, start_sim
-
-CLIENTS = ["native", "httpx"]
+from gpuserve_sim.procs import Proc, free_port, start_gateway, start_sim
 
 
 def _running(sim: Proc) -> float:
@@ -29,38 +27,35 @@ def paced_sim(workdir: Path) -> Iterator[Proc]:
     proc.stop()
 
 
-@pytest.fixture(scope="module", params=CLIENTS)
-def client_gateway(
-    request: pytest.FixtureRequest,
+@pytest.fixture(scope="module")
+def gw(
     workdir: Path,
     paced_sim: Proc,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[str, Proc]]:
+) -> Iterator[Proc]:
     sock = str(tmp_path_factory.mktemp("uds") / "sim.sock")
     uds_sim = start_sim(workdir, model="uds-model", uds=sock, ttft_ms=1, itl_ms=1)
-    gw = start_gateway(
+    proc = start_gateway(
         workdir,
         {
             "upstreams": [
-                {"name": MODEL, "base_url": paced_sim.url, "client": request.param},
-                {"name": "uds-model", "uds": sock, "client": request.param},
+                {"name": MODEL, "base_url": paced_sim.url},
+                {"name": "uds-model", "uds": sock},
                 {
                     "name": "down-model",
                     "base_url": f"http://127.0.0.1:{free_port()}",
-                    "client": request.param,
                     "required": False,
                 },
             ]
         },
         ready_path="/ready",
     )
-    yield request.param, gw
-    gw.stop()
+    yield proc
+    proc.stop()
     uds_sim.stop()
 
 
-def test_completion_and_stream(client_gateway: tuple[str, Proc]) -> None:
-    _, gw = client_gateway
+def test_completion_and_stream(gw: Proc) -> None:
     body = {"model": MODEL, "prompt": "x", "max_tokens": 4}
     r = httpx.post(gw.url + "/v1/completions", json=body)
     assert r.status_code == 200
@@ -70,8 +65,7 @@ def test_completion_and_stream(client_gateway: tuple[str, Proc]) -> None:
     assert r.text.endswith("data: [DONE]\n\n")
 
 
-def test_unix_socket_upstream(client_gateway: tuple[str, Proc]) -> None:
-    _, gw = client_gateway
+def test_unix_socket_upstream(gw: Proc) -> None:
     r = httpx.post(
         gw.url + "/v1/completions", json={"model": "uds-model", "prompt": "x", "max_tokens": 2}
     )
@@ -79,8 +73,7 @@ def test_unix_socket_upstream(client_gateway: tuple[str, Proc]) -> None:
     assert r.json()["model"] == "uds-model"
 
 
-def test_down_upstream_503_and_optional_for_ready(client_gateway: tuple[str, Proc]) -> None:
-    _, gw = client_gateway
+def test_down_upstream_503_and_optional_for_ready(gw: Proc) -> None:
     r = httpx.post(gw.url + "/v1/completions", json={"model": "down-model", "prompt": "x"})
     assert r.status_code == 503
     ready = httpx.get(gw.url + "/ready")
@@ -90,8 +83,7 @@ def test_down_upstream_503_and_optional_for_ready(client_gateway: tuple[str, Pro
     assert models == {MODEL, "uds-model"}  # listing survives one upstream down
 
 
-def test_disconnect_aborts_upstream(client_gateway: tuple[str, Proc], paced_sim: Proc) -> None:
-    _, gw = client_gateway
+def test_disconnect_aborts_upstream(gw: Proc, paced_sim: Proc) -> None:
     body = {"model": MODEL, "prompt": "x", "max_tokens": 100, "stream": True, "ignore_eos": True}
     with (
         httpx.Client(timeout=10) as c,
@@ -107,11 +99,10 @@ def test_disconnect_aborts_upstream(client_gateway: tuple[str, Proc], paced_sim:
 
 
 def test_keepalive_connection_reuse_survives_upstream_idle_close(
-    client_gateway: tuple[str, Proc],
+    gw: Proc,
 ) -> None:
     # uvicorn (vLLM) drops idle keep-alive connections after 5 s; the pool must not
     # hand out a dead one.
-    _, gw = client_gateway
     body = {"model": "uds-model", "prompt": "x", "max_tokens": 1}
     assert httpx.post(gw.url + "/v1/completions", json=body).status_code == 200
     time.sleep(5.5)

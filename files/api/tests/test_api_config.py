@@ -180,3 +180,18 @@ def test_hash_key_cli_matches_lookup(
     out = capsys.readouterr().out.splitlines()
     key = out[0].removeprefix("key: ")
     assert out[1] == f"sha256: {hash_key(key)}"
+
+
+def test_check_config_refuses_https_upstreams(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The one upstream client speaks plain HTTP: an https:// upstream is refused by
+    # check-config (which the role runs before it installs a config), not at startup.
+    path = _write(tmp_path, {"upstreams": [{"name": "m", "base_url": "https://vllm:8443"}]})
+    with pytest.raises(SystemExit) as exc:
+        main(["check-config", "--config", str(path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "upstreams.0.base_url: 'https://vllm:8443' is not allowed" in err
+    assert "speaks plain HTTP only" in err

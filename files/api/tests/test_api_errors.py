@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 from api_env import KEY_ALICE, KEY_BOB, MODEL
-from gpuserve_api.procs import Proc, free_port, start_gateway, start_sim
+from gpuserve_sim.procs import Proc, free_port, start_gateway, start_sim
 
 AUTH = {"Authorization": f"Bearer {KEY_ALICE}"}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import schemathesis
 from api_env import KEY_ALICE, MODEL
-from gpuserve_api.procs import Proc, start_gateway, start_sim
+from gpuserve_sim.procs import Proc, start_gateway, start_sim
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 from api_env import KEY_ALICE, MODEL
-from gpuserve_api.procs import Proc, start_gateway
+from gpuserve_sim.procs import Proc, start_gateway
 
 AUTH = {"Authorization": f"Bearer {KEY_ALICE}"}
 

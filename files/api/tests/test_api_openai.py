@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 from api_env import ALIAS, KEY_ALICE, MODEL
-from gpuserve_api.procs import Proc
+from gpuserve_sim.procs import Proc
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gpuserve_api.procs import Proc, start_sim, wait_ready
+from gpuserve_sim.procs import Proc, start_sim, wait_ready
 
 
 def _metrics(url: str) -> dict[str, float]:

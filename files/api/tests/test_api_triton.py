@@ -8,7 +8,7 @@ import httpx
 import pytest
 import tritonclient.http as triton_http
 from api_env import ALIAS, KEY_ALICE, MODEL
-from gpuserve_api.procs import Proc, start_gateway
+from gpuserve_sim.procs import Proc, start_gateway
 from tritonclient.utils import InferenceServerException
 
 AUTH = {"Authorization": f"Bearer {KEY_ALICE}"}
@@ -155,7 +155,7 @@ def test_generate_upstream_rejection_is_relayed(gateway: Proc) -> None:
 
 
 def test_triton_not_ready_when_upstream_down(workdir) -> None:
-    from gpuserve_api.procs import free_port
+    from gpuserve_sim.procs import free_port
 
     gw = start_gateway(
         workdir, {"upstreams": [{"name": "down", "base_url": f"http://127.0.0.1:{free_port()}"}]}

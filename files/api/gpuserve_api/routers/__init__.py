@@ -1,1 +1,31 @@
-"""One APIRouter per file: openai (/v1), triton (/v2), health, metrics."""
+"""One APIRouter per file: openai (/v1), triton (/v2), health, metrics.
+
+Routers stay thin: read the request, call the serving layer, answer through
+``responses``. The OpenAPI helpers below are shared by the routers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+
+def error_responses(
+    model: type[BaseModel], descriptions: dict[int, str]
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=``: each status with its error body model."""
+    return {code: {"model": model, "description": desc} for code, desc in descriptions.items()}
+
+
+def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI ``openapi_extra=`` for a JSON body the handler reads itself (the hot path
+    parses raw bytes once; ``main`` registers the model's schema)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+            },
+        }
+    }

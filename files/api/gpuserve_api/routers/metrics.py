@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from starlette.responses import Response
 
-from ..deps import GatewayState, get_state
+from ..deps import State
 from ..metrics import CONTENT_TYPE
+from ..route_labels import route_label
 
 router = APIRouter(tags=["metrics"])
 
-State = Annotated[GatewayState, Depends(get_state)]
-
 
 @router.get("/metrics", summary="Prometheus text format")
+@route_label("/metrics")
 async def metrics(state: State) -> Response:
     if state.metrics is None:
         return Response(

@@ -2,38 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from ..context import RequestInfo
-from ..deps import GatewayState, get_info, get_state
-from ..protocol import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    GatewayError,
-    ModelCard,
-    ModelList,
-    OpenAIError,
-)
-from ..responses import (
-    ClientGone,
-    RelayResponse,
-    cancel_on_disconnect,
-    json_response,
-    read_body,
-)
-from ..serving import ProxyResult
+from ..deps import GatewayState, Info, State
+from ..protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, OpenAIError
+from ..responses import json_response, read_body, relay
+from ..route_labels import route_label
+from . import body_schema, error_responses
 
 router = APIRouter(tags=["openai"])
 
-State = Annotated[GatewayState, Depends(get_state)]
-Info = Annotated[RequestInfo, Depends(get_info)]
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": OpenAIError, "description": desc}
-    for code, desc in {
+_ERRORS = error_responses(
+    OpenAIError,
+    {
         400: "malformed JSON, bad field type, max_tokens/n over the cap",
         401: "missing or invalid API key",
         404: "unknown model",
@@ -41,58 +23,28 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         429: "too many requests in flight (Retry-After)",
         503: "upstream unavailable",
         504: "upstream timed out",
-    }.items()
-}
-
-
-def _body_schema(model: type) -> dict[str, Any]:
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
-            },
-        }
-    }
-
-
-def client_gone(info: RequestInfo) -> Response:
-    """Nothing to answer: the client left (logged as 499, as nginx does)."""
-    info.error = "client disconnected before the response"
-    return Response(status_code=499)
-
-
-def to_response(result: ProxyResult) -> Response:
-    if result.stream is not None:
-        return RelayResponse(result.stream, result.status, result.headers, result.close)
-    return Response(result.body, status_code=result.status, headers=result.headers)
+    },
+)
 
 
 async def _proxy(
-    request: Request, state: GatewayState, info: RequestInfo, path: str, need_model: bool
+    request: Request, state: GatewayState, info: Info, path: str, need_model: bool
 ) -> Response:
     raw = await read_body(request, state.config.limits.max_body_bytes)
-    if need_model and not raw:
-        raise GatewayError(
-            400, "request body is empty: a JSON object is required", code="invalid_json"
-        )
     query = request.scope.get("query_string", b"").decode("latin-1")
-    work = state.openai.proxy(
-        request.method, path + (f"?{query}" if query else ""), raw or None, info, need_model
+    target = path + (f"?{query}" if query else "")
+    return await relay(
+        request, info, state.openai.proxy(request.method, target, raw, info, need_model)
     )
-    try:
-        result = await cancel_on_disconnect(request, work)
-    except ClientGone:
-        return client_gone(info)
-    return to_response(result)
 
 
 @router.post(
     "/v1/completions",
     responses=_ERRORS,
-    openapi_extra=_body_schema(CompletionRequest),
+    openapi_extra=body_schema(CompletionRequest),
     summary="Completions (OpenAI), streamed as SSE when stream=true",
 )
+@route_label("/v1/completions")
 async def completions(request: Request, state: State, info: Info) -> Response:
     return await _proxy(request, state, info, "/v1/completions", need_model=True)
 
@@ -100,9 +52,10 @@ async def completions(request: Request, state: State, info: Info) -> Response:
 @router.post(
     "/v1/chat/completions",
     responses=_ERRORS,
-    openapi_extra=_body_schema(ChatCompletionRequest),
+    openapi_extra=body_schema(ChatCompletionRequest),
     summary="Chat completions (OpenAI), streamed as SSE when stream=true",
 )
+@route_label("/v1/chat/completions")
 async def chat_completions(request: Request, state: State, info: Info) -> Response:
     return await _proxy(request, state, info, "/v1/chat/completions", need_model=True)
 
@@ -113,6 +66,7 @@ async def chat_completions(request: Request, state: State, info: Info) -> Respon
     responses=_ERRORS,
     summary="Models of every upstream, aliases included",
 )
+@route_label("/v1/models")
 async def list_models(state: State, info: Info) -> Response:
     return json_response(await state.openai.models(info))
 
@@ -120,14 +74,9 @@ async def list_models(state: State, info: Info) -> Response:
 @router.get(
     "/v1/models/{model_id:path}", response_model=ModelCard, responses=_ERRORS, summary="One model"
 )
+@route_label("/v1/models")
 async def get_model(model_id: str, state: State, info: Info) -> Response:
-    listing = await state.openai.models(info)
-    for card in listing["data"]:
-        if card.get("id") == model_id:
-            return json_response(card)
-    raise GatewayError(
-        404, f"The model `{model_id}` does not exist.", code="model_not_found", param="model"
-    )
+    return json_response(await state.openai.model(model_id, info))
 
 
 @router.api_route(
@@ -136,6 +85,7 @@ async def get_model(model_id: str, state: State, info: Info) -> Response:
     responses=_ERRORS,
     summary="Any other vLLM /v1 route, routed by the body's `model`",
 )
+@route_label("/v1/*")
 async def passthrough(rest: str, request: Request, state: State, info: Info) -> Response:
     # The path exactly as the client encoded it (percent-escapes kept).
     raw_path = request.scope.get("raw_path") or request.url.path.encode()

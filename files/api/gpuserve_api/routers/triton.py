@@ -7,33 +7,26 @@ unknown model.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from .. import __version__
-from ..context import RequestInfo
-from ..deps import GatewayState, get_info, get_state
+from ..deps import GatewayState, Info, State
 from ..protocol import (
-    GatewayError,
     ModelMetadata,
     ServerMetadata,
     TritonError,
     TritonGenerateRequest,
     TritonGenerateResponse,
 )
-from ..responses import ClientGone, cancel_on_disconnect, json_response, read_body
-from .openai import client_gone, to_response
+from ..responses import json_response, read_body, relay
+from ..route_labels import route_label
+from . import body_schema, error_responses
 
 router = APIRouter(tags=["triton"])
 
-State = Annotated[GatewayState, Depends(get_state)]
-Info = Annotated[RequestInfo, Depends(get_info)]
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": TritonError, "description": desc}
-    for code, desc in {
+_ERRORS = error_responses(
+    TritonError,
+    {
         400: "bad request (JSON, parameters, caps)",
         401: "missing or invalid API key",
         404: "unknown model or version",
@@ -41,90 +34,56 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         429: "too many requests in flight",
         503: "upstream unavailable",
         504: "upstream timed out",
-    }.items()
-}
-_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/TritonGenerateRequest"}}
-        },
-    }
-}
-_ = TritonGenerateRequest  # the schema above is registered from this model
+    },
+)
+_BODY = body_schema(TritonGenerateRequest)
 
 
 @router.get("/v2", response_model=ServerMetadata, responses=_ERRORS, summary="Server metadata")
-async def server_metadata() -> Response:
-    return json_response(
-        {
-            "name": "gpuserve-gateway",
-            "version": __version__,
-            "extensions": ["generate", "generate_stream"],
-        }
-    )
+@route_label("/v2")
+async def server_metadata(state: State) -> Response:
+    return json_response(state.triton.server_metadata())
 
 
 @router.get("/v2/health/live", summary="200 while the process runs")
+@route_label("/v2/health")
 async def live() -> Response:
     return Response(status_code=200)
 
 
 @router.get("/v2/health/ready", summary="200 when every required model is ready, else 400")
+@route_label("/v2/health")
 async def ready(state: State) -> Response:
     ok, _ = await state.readiness.all()
     return Response(status_code=200 if ok else 400)
 
 
 async def _model_ready(state: GatewayState, model: str, version: str | None) -> Response:
-    name = state.registry.names.get(model)
-    if name is None or version not in (None, "1"):
+    name = state.triton.known(model, version)
+    if name is None:
         return Response(status_code=404)
     ok, _ = await state.readiness.check(name)
     return Response(status_code=200 if ok else 400)
 
 
 @router.get("/v2/models/{model}/ready", summary="200 ready, 400 not ready, 404 unknown")
+@route_label("/v2/models/ready")
 async def model_ready(model: str, state: State) -> Response:
     return await _model_ready(state, model, None)
 
 
 @router.get("/v2/models/{model}/versions/{version}/ready", summary="Model version ready")
+@route_label("/v2/models/ready")
 async def model_version_ready(model: str, version: str, state: State) -> Response:
     return await _model_ready(state, model, version)
-
-
-def _metadata(state: GatewayState, model: str, version: str | None) -> dict[str, Any]:
-    if state.registry.names.get(model) is None or version not in (None, "1"):
-        raise GatewayError(404, f"Request for unknown model: '{model}' is not found")
-    scalar = [1]
-    return {
-        "name": model,
-        "versions": ["1"],
-        "platform": "vllm",
-        "inputs": [
-            {"name": "text_input", "datatype": "BYTES", "shape": scalar},
-            {"name": "stream", "datatype": "BOOL", "shape": scalar},
-            {"name": "sampling_parameters", "datatype": "BYTES", "shape": scalar},
-            {"name": "exclude_input_in_output", "datatype": "BOOL", "shape": scalar},
-            {"name": "return_finish_reason", "datatype": "BOOL", "shape": scalar},
-            {"name": "return_num_input_tokens", "datatype": "BOOL", "shape": scalar},
-            {"name": "return_num_output_tokens", "datatype": "BOOL", "shape": scalar},
-        ],
-        "outputs": [
-            {"name": "text_output", "datatype": "BYTES", "shape": [-1]},
-            {"name": "finish_reason", "datatype": "BYTES", "shape": [-1]},
-            {"name": "num_input_tokens", "datatype": "UINT32", "shape": [1]},
-            {"name": "num_output_tokens", "datatype": "UINT32", "shape": [-1]},
-        ],
-    }
 
 
 @router.get(
     "/v2/models/{model}", response_model=ModelMetadata, responses=_ERRORS, summary="Model metadata"
 )
+@route_label("/v2/models")
 async def model_metadata(model: str, state: State) -> Response:
-    return json_response(_metadata(state, model, None))
+    return json_response(state.triton.metadata(model, None))
 
 
 @router.get(
@@ -133,14 +92,15 @@ async def model_metadata(model: str, state: State) -> Response:
     responses=_ERRORS,
     summary="Model version metadata",
 )
+@route_label("/v2/models")
 async def model_version_metadata(model: str, version: str, state: State) -> Response:
-    return json_response(_metadata(state, model, version))
+    return json_response(state.triton.metadata(model, version))
 
 
 async def _generate(
     request: Request,
     state: GatewayState,
-    info: RequestInfo,
+    info: Info,
     model: str,
     version: str | None,
     stream: bool,
@@ -148,16 +108,9 @@ async def _generate(
     upstream = state.triton.resolve(model, version, info)
     raw = await read_body(request, state.config.limits.max_body_bytes)
     req = state.triton.parse(model, version, raw, stream)
-    try:
-        if stream:
-            opened = await cancel_on_disconnect(
-                request, state.triton.open_stream(upstream, req, info)
-            )
-            return to_response(opened)
-        out = await cancel_on_disconnect(request, state.triton.generate(upstream, req, info))
-    except ClientGone:
-        return client_gone(info)
-    return json_response(out)
+    if stream:
+        return await relay(request, info, state.triton.open_stream(upstream, req, info))
+    return await relay(request, info, state.triton.generate(upstream, req, info))
 
 
 @router.post(
@@ -167,6 +120,7 @@ async def _generate(
     openapi_extra=_BODY,
     summary="Triton generate",
 )
+@route_label("/v2/generate")
 async def generate(model: str, request: Request, state: State, info: Info) -> Response:
     return await _generate(request, state, info, model, None, stream=False)
 
@@ -178,6 +132,7 @@ async def generate(model: str, request: Request, state: State, info: Info) -> Re
     openapi_extra=_BODY,
     summary="Triton generate (versioned)",
 )
+@route_label("/v2/generate")
 async def generate_version(
     model: str, version: str, request: Request, state: State, info: Info
 ) -> Response:
@@ -190,6 +145,7 @@ async def generate_version(
     openapi_extra=_BODY,
     summary="Triton generate_stream (SSE)",
 )
+@route_label("/v2/generate_stream")
 async def generate_stream(model: str, request: Request, state: State, info: Info) -> Response:
     return await _generate(request, state, info, model, None, stream=True)
 
@@ -200,6 +156,7 @@ async def generate_stream(model: str, request: Request, state: State, info: Info
     openapi_extra=_BODY,
     summary="Triton generate_stream (versioned, SSE)",
 )
+@route_label("/v2/generate_stream")
 async def generate_stream_version(
     model: str, version: str, request: Request, state: State, info: Info
 ) -> Response:

@@ -265,55 +265,53 @@ class SimMetrics:
         r = self.registry
         labels = ["model_name", "engine"]
         lv = {"model_name": model, "engine": "0"}
-        self.running = Gauge(
-            "vllm:num_requests_running", "Requests in the model batch.", labels, registry=r
-        ).labels(**lv)
-        self.waiting = Gauge(
-            "vllm:num_requests_waiting", "Requests waiting to be processed.", labels, registry=r
-        ).labels(**lv)
-        self.kv_usage = Gauge(
-            "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent.", labels, registry=r
-        ).labels(**lv)
-        self.prompt_tokens = Counter(
-            "vllm:prompt_tokens", "Number of prefill tokens processed.", labels, registry=r
-        ).labels(**lv)
-        self.generation_tokens = Counter(
-            "vllm:generation_tokens", "Number of generation tokens processed.", labels, registry=r
-        ).labels(**lv)
+
+        def series(kind: Any, name: str, doc: str, **extra: Any) -> Any:
+            return kind(name, doc, labels, registry=r, **extra).labels(**lv)
+
+        self.running = series(Gauge, "vllm:num_requests_running", "Requests in the model batch.")
+        self.waiting = series(
+            Gauge, "vllm:num_requests_waiting", "Requests waiting to be processed."
+        )
+        self.kv_usage = series(
+            Gauge, "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent."
+        )
+        self.prompt_tokens = series(
+            Counter, "vllm:prompt_tokens", "Number of prefill tokens processed."
+        )
+        self.generation_tokens = series(
+            Counter, "vllm:generation_tokens", "Number of generation tokens processed."
+        )
         self.success = Counter(
             "vllm:request_success",
             "Count of successfully processed requests.",
             [*labels, "finished_reason"],
             registry=r,
         )
-        self.ttft = Histogram(
+        self.ttft = series(
+            Histogram,
             "vllm:time_to_first_token_seconds",
             "Histogram of time to first token in seconds.",
-            labels,
             buckets=_DEFAULT_BUCKETS_TTFT,
-            registry=r,
-        ).labels(**lv)
-        self.itl = Histogram(
+        )
+        self.itl = series(
+            Histogram,
             "vllm:inter_token_latency_seconds",
             "Histogram of inter-token latency in seconds.",
-            labels,
             buckets=_DEFAULT_BUCKETS_ITL,
-            registry=r,
-        ).labels(**lv)
-        self.e2e = Histogram(
+        )
+        self.e2e = series(
+            Histogram,
             "vllm:e2e_request_latency_seconds",
             "Histogram of e2e request latency in seconds.",
-            labels,
             buckets=_DEFAULT_BUCKETS_E2E,
-            registry=r,
-        ).labels(**lv)
-        self.queue = Histogram(
+        )
+        self.queue = series(
+            Histogram,
             "vllm:request_queue_time_seconds",
             "Histogram of time spent in WAITING phase for request.",
-            labels,
             buckets=_DEFAULT_BUCKETS_E2E,
-            registry=r,
-        ).labels(**lv)
+        )
         info = Gauge(
             "gpuserve_sim_info",
             "Always 1: this server is gpuserve-sim, a simulator.",

@@ -1,4 +1,7 @@
-"""Start the simulator and the gateway as real processes on loopback (tests, bench)."""
+"""Start the simulator and the gateway as real processes on loopback (tests, bench).
+
+``start_gateway`` runs ``python -m gpuserve_api``: gpuserve-api must be installed too.
+"""
 
 from __future__ import annotations
 
@@ -77,7 +80,7 @@ def start_sim(workdir: Path, wait: bool = True, **flags: Any) -> Proc:
     uds = flags.get("uds")
     if not uds:
         flags.setdefault("port", free_port())
-    args = ["-m", "gpuserve_api.sim"]
+    args = ["-m", "gpuserve_sim"]
     for key, value in flags.items():
         args += ["--" + key.replace("_", "-"), str(value)]
     name = f"sim-{flags.get('port') or Path(str(uds)).name}"

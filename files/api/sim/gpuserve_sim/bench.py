@@ -1,6 +1,6 @@
 """Loopback load test: the gateway vs talking to the simulator directly.
 
-    python -m gpuserve_api.bench [--levels 1,16,64,256] [--duration 4] [--json PATH]
+    python -m gpuserve_sim.bench [--levels 1,16,64,256] [--duration 4] [--json PATH]
 
 For each concurrency level, N clients each keep one keep-alive connection and send
 streaming /v1/completions requests back to back (``max_tokens`` tokens, ignore_eos).
@@ -10,6 +10,7 @@ simulator at zero latency, chunks/s per CPU second the gateway process used.
 
 The load generator is a minimal asyncio HTTP/1.1 client (chunked decoding only), so
 it costs less CPU than the servers it measures; everything shares this machine.
+It benchmarks the gateway, so gpuserve-api must be installed beside gpuserve-sim.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .auth import hash_key
+from gpuserve_api.auth import hash_key
+
 from .procs import Proc, start_gateway, start_sim
 
 MODEL = "bench-model"
@@ -248,6 +250,21 @@ def _gateway_config(sim: Proc, keys_file: Path, workers: int = 1) -> dict[str, A
     }
 
 
+def _start_pair(
+    work: Path, keys_file: Path, workers: int, ttft_ms: float, itl_ms: float
+) -> tuple[Proc, Proc]:
+    """The simulator at this timing, and a gateway in front of it (both ready)."""
+    sim = start_sim(
+        work, model=MODEL, ttft_ms=ttft_ms, itl_ms=itl_ms, max_num_seqs=4096, log_level="warning"
+    )
+    try:
+        gw = start_gateway(work, _gateway_config(sim, keys_file, workers), ready_path="/ready")
+    except BaseException:
+        sim.stop()
+        raise
+    return sim, gw
+
+
 def _merge(runs: list[RunResult]) -> RunResult:
     """Several measurement windows of one target as one result."""
     out = RunResult(runs[0].target, runs[0].concurrency, 0.0, 0, 0, 0)
@@ -306,7 +323,7 @@ async def _levels(args: argparse.Namespace, sim: Proc, gw: Proc) -> list[dict[st
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
-        prog="python -m gpuserve_api.bench",
+        prog="python -m gpuserve_sim.bench",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -349,21 +366,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.max_tokens} tokens per request",
             file=sys.stderr,
         )
-        sim = start_sim(
-            work,
-            model=MODEL,
-            ttft_ms=args.ttft_ms,
-            itl_ms=args.itl_ms,
-            max_num_seqs=4096,
-            log_level="warning",
-        )
-        try:
-            gw = start_gateway(
-                work, _gateway_config(sim, keys, args.gateway_workers), ready_path="/ready"
-            )
-        except BaseException:
-            sim.stop()
-            raise
+        sim, gw = _start_pair(work, keys, args.gateway_workers, args.ttft_ms, args.itl_ms)
         try:
             rows = asyncio.run(_levels(args, sim, gw))
         finally:
@@ -371,16 +374,7 @@ def main(argv: list[str] | None = None) -> None:
             sim.stop()
         out["realistic"] = rows
         print("gateway ceiling: simulator at zero latency", file=sys.stderr)
-        sim = start_sim(
-            work, model=MODEL, ttft_ms=0, itl_ms=0, max_num_seqs=4096, log_level="warning"
-        )
-        try:
-            gw = start_gateway(
-                work, _gateway_config(sim, keys, args.gateway_workers), ready_path="/ready"
-            )
-        except BaseException:
-            sim.stop()
-            raise
+        sim, gw = _start_pair(work, keys, args.gateway_workers, 0, 0)
         try:
             pids = {"sim": sim.popen.pid, "gateway": gw.popen.pid}
             ceil = asyncio.run(
