@@ -10,9 +10,13 @@ BIN       := $(CURDIR)/$(VENV)/bin
 PYTHON    ?= python3
 INVENTORY ?= inventories/local/hosts.yml
 ARGS      ?=
-# Default: every molecule/<name>/molecule.yml except the demo (see `make demo`).
+# Default: every molecule/<name>/molecule.yml except the demo (see `make demo`), longest
+# first, so MOLECULE_JOBS (default 2) parallel lanes finish close together.
 NOT_IN_CI := demo
-SCENARIOS ?= $(filter-out $(NOT_IN_CI),$(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
+LONGEST_FIRST := serve_rollout gpu_stack monitoring serve vllm_build triton_decommission preflight
+ALL_SCENARIOS := $(filter-out $(NOT_IN_CI),$(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
+SCENARIOS ?= $(filter $(ALL_SCENARIOS),$(LONGEST_FIRST)) $(sort $(filter-out $(LONGEST_FIRST),$(ALL_SCENARIOS)))
+export MOLECULE_JOBS ?= 2
 
 export PATH := $(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
@@ -73,11 +77,7 @@ unit: $(VENV)/.tests
 	cd files/api && $(BIN)/pytest -p no:cacheprovider tests
 
 molecule: $(VENV)/.tests docker images
-	@for s in $(SCENARIOS); do \
-	  echo "=== molecule test -s $$s"; start=$$(date +%s); \
-	  molecule test -s "$$s" || { echo "molecule scenario $$s FAILED"; exit 1; }; \
-	  echo "=== molecule scenario $$s passed in $$(( $$(date +%s) - start )) s"; \
-	done
+	tests/molecule_scenarios.sh $(SCENARIOS)
 
 demo: $(VENV)/.tests docker images
 	$(BIN)/python tests/demo.py
