@@ -197,7 +197,7 @@ def test_builder_installed_torch_and_consumer_reads_the_hosts_torch():
     assert _manifest(BUILDER)["torch"]["source"] == "install"
     assert _manifest(BUILDER)["torch"]["site"] is None
     m = _manifest(CONSUMER)
-    site = "/opt/torch/.venv/lib/python3.11/site-packages"
+    site = "/opt/torch/site"
     assert m["torch"]["source"] == "existing"
     assert m["torch"]["site"] == site
     host = _host(CONSUMER)
