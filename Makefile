@@ -22,13 +22,14 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help deploy demo demo-destroy test lint unit molecule images docker bench-api version-lock clean
+.PHONY: help deploy demo demo-destroy test lint unit molecule images docker bench-api version-lock clean vllm-source-bundle
 
 help:
 	@echo "make deploy   set up the controller and run site.yml against $(INVENTORY)"
 	@echo "make test     set up the controller and test tools, then run every check"
 	@echo "make demo     run site.yml against a throwaway local systemd container"
 	@echo "make lint | unit | molecule [SCENARIOS='a b'] | images | bench-api | version-lock"
+	@echo "make vllm-source-bundle SOURCE=<vLLM sdist or tree> BUNDLE=<new dir> [BUNDLE_ARGS=...]"
 
 # --- controller setup -------------------------------------------------------
 $(VENV)/.controller: requirements.txt
@@ -54,6 +55,14 @@ deploy: $(VENV)/.controller
 
 test: $(VENV)/.tests docker images lint unit molecule
 	@echo "make test: all checks passed"
+
+# --- air-gapped vLLM builds (docs/vllm-build.md) ------------------------------
+# Every CMake FetchContent dependency of SOURCE at the revision its own CMake files pin,
+# plus a wheelhouse of its build requirements and manifest.json. BUNDLE_ARGS: --mirror
+# URL=GITDIR, --given NAME=DIR, --exclude GLOB, --skip-submodule NAME:PATH, --pip-arg ...
+vllm-source-bundle:
+	@[[ -n "$(SOURCE)" && -n "$(BUNDLE)" ]] || { echo "usage: make vllm-source-bundle SOURCE=<vLLM sdist or source tree> BUNDLE=<new dir> [BUNDLE_ARGS='--mirror URL=GITDIR ...']"; exit 2; }
+	$(PYTHON) roles/vllm_build/files/vllm_source_bundle.py create --source "$(SOURCE)" --out "$(BUNDLE)" $(BUNDLE_ARGS)
 
 # --- parts ------------------------------------------------------------------
 docker:

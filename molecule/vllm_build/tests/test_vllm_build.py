@@ -172,3 +172,43 @@ def test_build_script_sets_the_documented_build_environment():
     ):
         assert script.contains(line), line
     assert _host(BUILDER).file("/var/cache/vllm-build/ccache").user == "vllm"
+
+
+def test_airgapped_build_ran_cmake_disconnected_with_the_local_sources():
+    m = _manifest(BUILDER)
+    script = _host(BUILDER).file(f"{WORK}/build-{m['key']}.sh")
+    for line in (
+        "export VLLM_CUTLASS_SRC_DIR=/srv/gpuserve-fixtures/vllm_build/fetchcontent/cutlass",
+        "export FLASH_MLA_SRC_DIR=/srv/gpuserve-fixtures/vllm_build/fetchcontent/flashmla",
+        'export CMAKE_ARGS="${CMAKE_ARGS:+$CMAKE_ARGS }-DFETCHCONTENT_FULLY_DISCONNECTED=ON"',
+    ):
+        assert script.contains(line), line
+    # The environment the build really ran with (the script echoes it into the log).
+    log = _host(BUILDER).file(f"{WORK}/logs/build.log").content_string
+    assert "CMAKE_ARGS=-DFETCHCONTENT_FULLY_DISCONNECTED=ON" in log
+    assert m["build"]["airgapped"] is True
+    assert m["build"]["fetchcontent_fully_disconnected"] is True
+    assert set(m["build"]["fetchcontent_src_dirs_given"]) == set(
+        m["build"]["fetchcontent_src_dirs_read"]
+    )
+
+
+def test_builder_installed_torch_and_consumer_reads_the_hosts_torch():
+    assert _manifest(BUILDER)["torch"]["source"] == "install"
+    assert _manifest(BUILDER)["torch"]["site"] is None
+    m = _manifest(CONSUMER)
+    site = "/opt/torch/site"
+    assert m["torch"]["source"] == "existing"
+    assert m["torch"]["site"] == site
+    host = _host(CONSUMER)
+    pth = host.file(f"{VENV}/lib/python3.11/site-packages/_gpuserve_existing_torch.pth")
+    assert pth.content_string.strip() == site
+    # torch imports from the host's venv, and the role installed no torch into its own.
+    cmd = host.run(
+        "runuser -u vllm -- %s/bin/python -c %s",
+        VENV,
+        "import torch; print(torch.__file__)",
+    )
+    assert cmd.rc == 0, cmd.stderr
+    assert cmd.stdout.strip() == f"{site}/torch/__init__.py"
+    assert not host.file(f"{VENV}/lib/python3.11/site-packages/torch").exists
