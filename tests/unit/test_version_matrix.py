@@ -23,6 +23,13 @@ PINNED = sorted(name for name, profile in MATRIX.items() if profile["pinned"])
 REGEN = "run `make version-lock` after changing a pin"
 
 
+def locked(package: str, version: str, profile: str) -> dict:
+    """The lock's record of package==version, which profile needs."""
+    entry = LOCK[package].get(version)
+    assert entry, f"{profile}: {package} {version} is not in tests/version-lock.json; {REGEN}"
+    return entry
+
+
 def test_profiles_are_the_ones_the_argument_spec_allows():
     spec = yaml.safe_load((PROJECT / "roles/gpuserve/meta/argument_specs.yml").read_text())
     option = spec["argument_specs"]["main"]["options"]["gpuserve_profile"]
@@ -33,10 +40,7 @@ def test_profiles_are_the_ones_the_argument_spec_allows():
 @pytest.mark.parametrize("name", PINNED)
 def test_torch_pin_is_the_one_the_vllm_release_requires(name):
     profile = MATRIX[name]
-    vllm = LOCK["vllm"].get(profile["vllm_version"])
-    assert vllm, (
-        f"{name}: vLLM {profile['vllm_version']} is not in tests/version-lock.json; {REGEN}"
-    )
+    vllm = locked("vllm", profile["vllm_version"], name)
     assert vllm["torch"] == "==" + profile["torch_version"], (
         f"{name}: vLLM {profile['vllm_version']}'s wheel ({vllm['wheel']}) requires "
         f"torch{vllm['torch']}, the matrix pins torch {profile['torch_version']}"
@@ -46,10 +50,7 @@ def test_torch_pin_is_the_one_the_vllm_release_requires(name):
 @pytest.mark.parametrize("name", PINNED)
 def test_torch_is_built_for_the_profiles_cuda(name):
     profile = MATRIX[name]
-    torch = LOCK["torch"].get(profile["torch_version"])
-    assert torch, (
-        f"{name}: torch {profile['torch_version']} is not in tests/version-lock.json; {REGEN}"
-    )
+    torch = locked("torch", profile["torch_version"], name)
     assert torch["cuda"] == profile["cuda_version"], (
         f"{name}: torch {profile['torch_version']} ({torch['wheel']}) is a CUDA {torch['cuda']} "
         f"build, the profile installs CUDA {profile['cuda_version']}"

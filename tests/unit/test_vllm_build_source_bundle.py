@@ -211,6 +211,17 @@ def run(argv: list[str]) -> tuple[int, dict | list | None]:
     return rc, (json.loads(out.getvalue()) if rc == 0 else None)
 
 
+def create(
+    source: Path, out: Path, *extra: str, wheelhouse: bool = False
+) -> tuple[int, dict | list | None]:
+    """`create --source SOURCE --out OUT [--no-wheelhouse] EXTRA...`."""
+    return run(
+        ["create", "--source", str(source), "--out", str(out)]
+        + ([] if wheelhouse else ["--no-wheelhouse"])
+        + list(extra)
+    )
+
+
 def members(archive: Path) -> dict[str, bytes]:
     with tarfile.open(archive, "r:xz") as tf:
         return {m.name: tf.extractfile(m).read() for m in tf if m.isfile()}
@@ -231,19 +242,7 @@ def test_list_reads_names_overrides_and_revisions_from_the_cmake_files(world):
 
 def test_create_bundles_each_dependency_at_its_pinned_revision(world, capsys):
     out = world["tmp"] / "bundle"
-    rc, manifest = run(
-        [
-            "create",
-            "--source",
-            str(world["src"]),
-            "--out",
-            str(out),
-            "--no-wheelhouse",
-            "--exclude",
-            "media/**",
-            *world["mirror_args"],
-        ]
-    )
+    rc, manifest = create(world["src"], out, "--exclude", "media/**", *world["mirror_args"])
     assert rc == 0, capsys.readouterr().err
     assert manifest["complete"] is True
     assert manifest["vllm"]["version"] == "0.0.1"
@@ -276,17 +275,7 @@ def test_a_mirror_lacking_the_pinned_commit_is_refused_with_both_revisions(world
     git(world["tmp"], "init", "-q", "--bare", "-b", "main", str(old))
     git(world["up"] / "bar", "push", "-q", str(old), f"{first}:refs/heads/main")
     args = [a.replace(str(world["mirrors"]["bar"]), str(old)) for a in world["mirror_args"]]
-    rc, _ = run(
-        [
-            "create",
-            "--source",
-            str(world["src"]),
-            "--out",
-            str(world["tmp"] / "b"),
-            "--no-wheelhouse",
-            *args,
-        ]
-    )
+    rc, _ = create(world["src"], world["tmp"] / "b", *args)
     err = capsys.readouterr().err
     assert rc == 1
     assert "bar (BAR_SRC_DIR, cmake/external_projects/bar.cmake)" in err
@@ -298,18 +287,8 @@ def test_a_given_checkout_at_another_revision_is_refused(world, capsys):
     checkout = world["tmp"] / "foo-checkout"
     git(world["tmp"], "clone", "-q", str(world["up"] / "foo"), str(checkout))
     head = git(checkout, "rev-parse", "HEAD")
-    rc, _ = run(
-        [
-            "create",
-            "--source",
-            str(world["src"]),
-            "--out",
-            str(world["tmp"] / "b"),
-            "--no-wheelhouse",
-            "--given",
-            f"foo={checkout}",
-            *world["mirror_args"],
-        ]
+    rc, _ = create(
+        world["src"], world["tmp"] / "b", "--given", f"foo={checkout}", *world["mirror_args"]
     )
     err = capsys.readouterr().err
     assert rc == 1
@@ -319,20 +298,14 @@ def test_a_given_checkout_at_another_revision_is_refused(world, capsys):
     )
     # The same checkout at the tag is accepted.
     git(checkout, "checkout", "-q", "v1.0")
-    rc, manifest = run(
-        [
-            "create",
-            "--source",
-            str(world["src"]),
-            "--out",
-            str(world["tmp"] / "b2"),
-            "--no-wheelhouse",
-            "--given",
-            f"foo={checkout}",
-            "--exclude",
-            "media/**",
-            *world["mirror_args"],
-        ]
+    rc, manifest = create(
+        world["src"],
+        world["tmp"] / "b2",
+        "--given",
+        f"foo={checkout}",
+        "--exclude",
+        "media/**",
+        *world["mirror_args"],
     )
     assert rc == 0, capsys.readouterr().err
     assert manifest["dependencies"][0]["from"] == f"given:{checkout}"
@@ -361,17 +334,7 @@ def test_a_mirror_missing_file_content_names_the_files(world, capsys):
         git(src, "rev-parse", "main"),
     )
     args = [a.replace(str(world["mirrors"]["bar"]), str(bare)) for a in world["mirror_args"]]
-    rc, _ = run(
-        [
-            "create",
-            "--source",
-            str(world["src"]),
-            "--out",
-            str(world["tmp"] / "b"),
-            "--no-wheelhouse",
-            *args,
-        ]
-    )
+    rc, _ = create(world["src"], world["tmp"] / "b", *args)
     err = capsys.readouterr().err
     assert rc == 1
     assert "bar (BAR_SRC_DIR" in err
@@ -392,19 +355,7 @@ def test_without_a_mirror_it_fetches_the_upstream_url(world, capsys):
         for i, a in enumerate(args)
         if not (a == "--mirror" and (i + 1 == len(args) or args[i + 1] == "--mirror"))
     ]
-    rc, manifest = run(
-        [
-            "create",
-            "--source",
-            str(src),
-            "--out",
-            str(world["tmp"] / "b"),
-            "--no-wheelhouse",
-            "--exclude",
-            "media/**",
-            *args,
-        ]
-    )
+    rc, manifest = create(src, world["tmp"] / "b", "--exclude", "media/**", *args)
     assert rc == 0, capsys.readouterr().err
     foo = manifest["dependencies"][0]
     assert foo["from"].startswith("url:file://")
@@ -430,19 +381,15 @@ def test_wheelhouse_and_unpack_round_trip(world, capsys):
     index.mkdir()
     _fake_wheel(index, "fakebuildtool", "1.0")
     out = world["tmp"] / "bundle"
-    rc, manifest = run(
-        [
-            "create",
-            "--source",
-            str(world["src"]),
-            "--out",
-            str(out),
-            "--exclude",
-            "media/**",
-            "--pip-arg=--no-index",
-            f"--pip-arg=--find-links={index}",
-            *world["mirror_args"],
-        ]
+    rc, manifest = create(
+        world["src"],
+        out,
+        "--exclude",
+        "media/**",
+        "--pip-arg=--no-index",
+        f"--pip-arg=--find-links={index}",
+        *world["mirror_args"],
+        wheelhouse=True,
     )
     assert rc == 0, capsys.readouterr().err
     wh = manifest["wheelhouse"]
@@ -471,35 +418,19 @@ def test_wheelhouse_and_unpack_round_trip(world, capsys):
 
 
 def test_leave_out_marks_the_bundle_incomplete_and_unknown_names_are_refused(world, capsys):
-    rc, manifest = run(
-        [
-            "create",
-            "--source",
-            str(world["src"]),
-            "--out",
-            str(world["tmp"] / "b"),
-            "--no-wheelhouse",
-            "--leave-out",
-            "KERNELS_SRC_DIR",
-            "--exclude",
-            "media/**",
-            *world["mirror_args"],
-        ]
+    rc, manifest = create(
+        world["src"],
+        world["tmp"] / "b",
+        "--leave-out",
+        "KERNELS_SRC_DIR",
+        "--exclude",
+        "media/**",
+        *world["mirror_args"],
     )
     assert rc == 0, capsys.readouterr().err
     assert manifest["complete"] is False
     assert [d["name"] for d in manifest["left_out"]] == ["kernels"]
-    rc, _ = run(
-        [
-            "create",
-            "--source",
-            str(world["src"]),
-            "--out",
-            str(world["tmp"] / "c"),
-            "--leave-out",
-            "nope",
-        ]
-    )
+    rc, _ = create(world["src"], world["tmp"] / "c", "--leave-out", "nope", wheelhouse=True)
     assert rc == 1
     assert "'nope'" in capsys.readouterr().err
 
