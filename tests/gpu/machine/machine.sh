@@ -67,6 +67,10 @@ print(sysconfig.get_paths()["stdlib"])
 inc = sysconfig.get_paths()["include"]
 if os.path.isdir(inc):
     print(inc)
+# Debian/Ubuntu's pyconfig.h includes the multiarch one (Triton compiles against both).
+multiarch = os.path.join("/usr/include", sysconfig.get_config_var("MULTIARCH") or "", os.path.basename(inc))
+if os.path.isdir(multiarch) and multiarch != inc:
+    print(multiarch)
 PY
 }
 
@@ -103,6 +107,11 @@ assemble() {
     if [[ -d $p ]]; then mkdir -p "$ROOT$p"; else mkdir -p "$ROOT$(dirname "$p")"; : > "$ROOT$p"; fi
   done < <(python_paths)
   [[ -d /usr/local/cuda ]] && mkdir -p "$ROOT$(readlink -f /usr/local/cuda)"
+  # Where the host keeps its driver userspace (a /usr/local/nvidia tree, bound at boot).
+  if [[ -d /usr/local/nvidia ]]; then
+    mkdir -p "$ROOT/usr/local/nvidia"
+    grep -rhs nvidia /etc/ld.so.conf.d/ > "$ROOT/etc/ld.so.conf.d/gpuserve-host-nvidia.conf" || true
+  fi
   du -sh "$ROOT"
 }
 
@@ -130,7 +139,7 @@ boot() {
   else
     [[ -x $ROOT/lib/systemd/systemd ]] || die "no root at $ROOT: run 'machine.sh assemble'"
     local binds="" p
-    while read -r p; do binds+="$p "; done < <(python_paths; echo /opt/torch; [[ -d /usr/local/cuda ]] && readlink -f /usr/local/cuda)
+    while read -r p; do binds+="$p "; done < <(python_paths; echo /opt/torch; [[ -d /usr/local/nvidia ]] && echo /usr/local/nvidia; [[ -d /usr/local/cuda ]] && readlink -f /usr/local/cuda)
     # More binds as SRC:DEST pairs (the models the validation builds on the host).
     for p in ${GPUSERVE_MACHINE_BINDS:-}; do
       mkdir -p "$ROOT${p#*:}"
@@ -158,6 +167,7 @@ boot() {
     sleep 1
   done
   echo "machine pid $(cat "$PIDFILE"): systemd is '$state' after ${SECONDS}s"
+  exec_in ldconfig
   [[ $state == running || $state == degraded ]] || { cat /root/gpuserve-machine.log; die "systemd did not come up"; }
   exec_in systemctl --failed --no-legend || true
 }
@@ -165,7 +175,7 @@ boot() {
 exec_in() {
   local pid
   pid=$(machine_pid)
-  nsenter --target "$pid" --all --root --wd=/ env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+  nsenter --target "$pid" --all --root --wd env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     HOME=/root LANG=C.UTF-8 TERM=dumb "$@"
 }
 

@@ -93,6 +93,8 @@ c = json.load(open(p))
 c["architectures"] = ["GpuserveBrokenForCausalLM"]
 json.dump(c, open(p, "w"))
 PY
+  # safetensors writes its shards 0600: the service account reads the models in place.
+  chmod -R a+rX /root/models
   du -sh /root/models/* | tee "$RES/models.txt"
   touch "$W/models.done"
   log "models built"
@@ -117,6 +119,7 @@ tls_ready() {
 }
 
 checks() {
+  [[ -f $CERT ]] || { echo "checks: no nginx certificate at $CERT (the serve stage did not finish)" | tee -a "$RES/summary.txt"; return 1; }
   {
     echo "## through nginx over TLS (certificate verified: --cacert $CERT)"
     echo "/ready: $(tls_ready)"
@@ -143,6 +146,7 @@ checks() {
 }
 
 faults() {
+  [[ -f $CERT ]] || { echo "faults: no nginx certificate at $CERT (the serve stage did not finish)" | tee -a "$RES/summary.txt"; return 1; }
   (cd "$REPO" && PYTHONPATH=$ROOT/opt/vllm-kit/site SSL_CERT_FILE=$CERT MACHINE=$MACHINE GPUSERVE_URL=$URL \
     "$PY" tests/gpu/machine/faults.py kill-engine) 2>&1 | tee -a "$RES/summary.txt"
 }
@@ -208,5 +212,7 @@ case $cmd in
     tail -n 30 "$W/progress.log"; tail -n 40 "$RES/summary.txt" 2>/dev/null || true
     ;;
   collect) collect ;;
+  checks) checks ;;
+  faults) faults ;;
   *) echo "usage: see the header of $0" >&2; exit 2 ;;
 esac
