@@ -26,6 +26,7 @@ from .protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     GatewayError,
+    InferRequest,
     TritonGenerateRequest,
 )
 from .responses import error_response
@@ -85,7 +86,8 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
             title=app.title, version=app.version, routes=app.routes, description=app.description
         )
         comps = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (CompletionRequest, ChatCompletionRequest, TritonGenerateRequest):
+        parsed = (CompletionRequest, ChatCompletionRequest, TritonGenerateRequest, InferRequest)
+        for model in parsed:
             js = model.model_json_schema(ref_template="#/components/schemas/{model}")
             comps.update(js.pop("$defs", {}))
             comps[model.__name__] = js
