@@ -115,7 +115,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         clients = {up.name: upstream_factory(up) for up in config.upstreams}
         registry = Registry.build(config, clients)
-        app.state.gw = GatewayState(
+        state = GatewayState(
             config=config,
             registry=registry,
             openai=OpenAIServing(config, registry),
@@ -123,12 +123,22 @@ def create_app(
             readiness=ReadinessCache(config, registry),
             metrics=metrics_obj,
         )
+        app.state.gw = state
+        grpc_server = None
+        if config.grpc.enabled:
+            # Imported here: grpcio loads only where the gRPC endpoint is on.
+            from .grpc.service import start_server
+
+            grpc_server = await start_server(state, keys, limiter, metrics_obj)
         log.info(
             "gateway started",
             extra={
                 "fields": {
                     "upstreams": [u.name for u in config.upstreams],
                     "auth": config.auth.enabled,
+                    "grpc": f"{config.grpc.host}:{config.grpc.port}"
+                    if config.grpc.enabled
+                    else None,
                     "version": __version__,
                 }
             },
@@ -136,6 +146,8 @@ def create_app(
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(config.listen.graceful_shutdown_seconds)
             for client in clients.values():
                 await client.aclose()
 

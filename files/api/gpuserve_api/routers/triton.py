@@ -236,16 +236,4 @@ async def repository_index(request: Request, state: State) -> Response:
     ready_only = body.get("ready")
     if ready_only is not None and not isinstance(ready_only, bool):
         raise GatewayError(400, "`ready` must be a boolean", param="ready")
-    return json_response(await repository_entries(state, bool(ready_only)))
-
-
-async def repository_entries(state: GatewayState, ready_only: bool) -> list[dict[str, str]]:
-    """READY or UNAVAILABLE per configured model, from the readiness cache."""
-    entries = []
-    for entry in state.triton.repository_index():
-        ok, _ = await state.readiness.check(entry["name"])
-        if ok:
-            entries.append({**entry, "state": "READY"})
-        elif not ready_only:
-            entries.append({**entry, "state": "UNAVAILABLE", "reason": "upstream not ready"})
-    return entries
+    return json_response(await state.triton.repository_index(state.readiness, bool(ready_only)))

@@ -245,7 +245,7 @@ def select_outputs(call: InferCall, produced: list[OutputTensor]) -> list[Output
     return [by_name[name] for name in call.outputs]
 
 
-def _binary_form(t: OutputTensor) -> bytes:
+def binary_form(t: OutputTensor) -> bytes:
     if t.datatype == "BYTES":
         return encode_bytes([d if isinstance(d, bytes) else str(d).encode() for d in t.data])
     if t.datatype == "UINT32":
@@ -271,7 +271,7 @@ def encode_infer_response(
         entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": t.shape}
         wanted = call.outputs.get(t.name) if call.outputs is not None else None
         if wanted or (wanted is None and call.binary_output):
-            blob = _binary_form(t)
+            blob = binary_form(t)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:

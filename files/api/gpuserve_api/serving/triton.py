@@ -31,6 +31,7 @@ from .kserve import (
     sampling_parameters,
     select_outputs,
 )
+from .readiness import ReadinessCache
 
 # Triton vLLM backend sampling parameter -> /v1/completions field (same name in vLLM),
 # with the type the backend converts a value to: TritonSamplingParams.from_dict
@@ -407,10 +408,26 @@ class TritonServing:
             "model_transaction_policy": {"decoupled": True},
         }
 
-    def repository_index(self) -> list[dict[str, str]]:
-        """Triton's repository index: every configured model (not aliases), READY or
-        UNAVAILABLE by the cached readiness the caller passes in later."""
-        return [{"name": up.name, "version": "1"} for up in self.config.upstreams]
+    async def repository_index(
+        self, readiness: ReadinessCache, ready_only: bool
+    ) -> list[dict[str, str]]:
+        """Triton's repository index: every configured model (aliases are names, not
+        models), READY or UNAVAILABLE by the readiness cache."""
+        entries = []
+        for up in self.config.upstreams:
+            ok, _ = await readiness.check(up.name)
+            if ok:
+                entries.append({"name": up.name, "version": "1", "state": "READY"})
+            elif not ready_only:
+                entries.append(
+                    {
+                        "name": up.name,
+                        "version": "1",
+                        "state": "UNAVAILABLE",
+                        "reason": "upstream not ready",
+                    }
+                )
+        return entries
 
     @staticmethod
     def tensors(req: TritonRequest, out: dict[str, Any]) -> list[OutputTensor]:
@@ -520,6 +537,14 @@ class TritonServing:
             "x-accel-buffering": "no",
         }
         return ProxyResult(200, headers, stream=self._stream(resp, req, info), close=resp.aclose)
+
+    async def stream_pieces(
+        self, upstream: UpstreamClient, req: TritonRequest, info: RequestInfo
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Open the upstream stream (errors raise here), then its pieces (gRPC)."""
+        resp = await self._open(upstream, req, info, stream=True)
+        async for piece in self.pieces(resp, req, info):
+            yield piece
 
     async def _stream(
         self, resp: UpstreamResponse, req: TritonRequest, info: RequestInfo
