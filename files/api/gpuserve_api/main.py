@@ -154,7 +154,7 @@ def create_app(
     app = FastAPI(
         title="gpuserve gateway",
         version=__version__,
-        description="OpenAI-compatible and Triton generate API in front of vLLM.",
+        description="OpenAI-compatible and Triton (KServe v2 HTTP, gRPC) API in front of vLLM.",
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,

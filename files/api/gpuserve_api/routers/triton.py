@@ -1,4 +1,5 @@
-"""Triton/KServe v2: generate extension (translated to /v1/completions) and health.
+"""Triton/KServe v2: generate extension and infer (translated to /v1/completions),
+model config, repository index, metadata and health.
 
 Health and readiness routes are status-code only (200 = true, 4xx = false), as in
 KServe v2: /v2/health/ready and model ready answer 400 when not ready, 404 for an

@@ -1,4 +1,5 @@
-"""Triton serving: the generate extension translated to ``/v1/completions``."""
+"""Triton serving: the generate extension and KServe v2 infer (HTTP and gRPC) translated
+to ``/v1/completions``; model metadata, config and repository index."""
 
 from __future__ import annotations
 
