@@ -18,7 +18,7 @@ import tritonclient.grpc as triton_grpc
 from api_env import ALIAS, KEY_ALICE, KEY_BOB, LIMITS, MODEL
 from conftest import upstream
 from google.protobuf import descriptor_pb2
-from gpuserve_sim.procs import Proc, free_port, start_gateway, start_sim
+from gpuserve_sim.procs import Proc, free_port, start_gateway, start_sim, wait_ready
 from tritonclient.grpc import model_config_pb2 as triton_config_pb2
 from tritonclient.grpc import service_pb2 as triton_service_pb2
 from tritonclient.utils import InferenceServerException
@@ -39,8 +39,14 @@ def _gateway_with_grpc(workdir: Path, sim: Proc, keys_file: Path, **extra: objec
             "grpc": {"enabled": True, "port": port},
             **extra,
         },
-        ready_path="/ready",
+        wait=False,
     )
+    try:
+        # Generous: worker processes start slowly on a loaded 2-core CI machine.
+        wait_ready(proc.url, proc, timeout=60, path="/ready")
+    except BaseException:
+        proc.stop()
+        raise
     proc.grpc_url = f"127.0.0.1:{port}"  # type: ignore[attr-defined]
     return proc
 
@@ -362,3 +368,24 @@ def test_grpc_port_in_use_fails_startup(workdir: Path, sim: Proc, keys_file: Pat
             gw.stop()
     assert gw.popen.returncode != 0
     assert f"cannot listen on 127.0.0.1:{port}" in gw.log()
+
+
+def test_grpc_with_two_workers_shares_the_port(workdir: Path, sim: Proc, keys_file: Path) -> None:
+    """Each worker binds the port (SO_REUSEPORT); every call is answered and counted once."""
+    gw = _gateway_with_grpc(workdir, sim, keys_file, listen={"workers": 2})
+    try:
+        for _ in range(6):  # new channels: connections spread over the workers
+            client = triton_grpc.InferenceServerClient(gw.grpc_url)  # type: ignore[attr-defined]
+            result = client.infer(MODEL, _inputs("x"), parameters={"max_tokens": 1}, headers=ALICE)
+            assert len(result.as_numpy("text_output")[0].split()) == 2
+            client.close()
+        text = httpx.get(gw.url + "/metrics").text
+        counted = sum(
+            float(line.split()[-1])
+            for line in text.splitlines()
+            if line.startswith("gpuserve_gateway_requests_total{")
+            and 'route="grpc/ModelInfer"' in line
+        )
+        assert counted == 6
+    finally:
+        gw.stop()

@@ -317,7 +317,9 @@ class InferenceService:
         send: Callable[[pb.ModelStreamInferResponse], Awaitable[None]],
     ) -> None:
         start = time.perf_counter()
-        info = RequestInfo(request_id=uuid.uuid4().hex, route="grpc/ModelStreamInfer", key=key)
+        # The request's own id names it in the logs when it is a usable one.
+        rid = request.id if _RID.match(request.id) else uuid.uuid4().hex
+        info = RequestInfo(request_id=rid, route="grpc/ModelStreamInfer", key=key)
         first: list[float] = []
         final = request.parameters.get("triton_enable_empty_final_response")
         want_final = final is not None and convert.param_value(final) is True
