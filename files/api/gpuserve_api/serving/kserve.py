@@ -88,13 +88,24 @@ def sampling_parameters(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _flatten(value: Any) -> list[Any]:
-    if isinstance(value, list):
-        out: list[Any] = []
-        for item in value:
-            out.extend(_flatten(item))
-        return out
-    return [value]
+_MAX_DIMS = 16
+
+
+def _flatten(value: Any, name: str) -> list[Any]:
+    """Row-major elements of nested ``data`` lists (no recursion: depth is the client's)."""
+    out: list[Any] = []
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, list):
+            if depth >= _MAX_DIMS:
+                raise GatewayError(
+                    400, f"input `{name}`: `data` nests deeper than {_MAX_DIMS}", param=name
+                )
+            stack.extend((x, depth + 1) for x in reversed(item))
+        else:
+            out.append(item)
+    return out
 
 
 def decode_bytes(raw: bytes, name: str) -> list[bytes]:
@@ -177,7 +188,7 @@ def parse_infer_json(header: dict[str, Any], binary: bytes) -> InferCall:
             data = decode_binary(datatype, binary[pos : pos + size], name)
             pos += size
         elif "data" in item:
-            data = _flatten(item["data"])
+            data = _flatten(item["data"], name)
             if datatype == "BYTES":
                 if not all(isinstance(d, str) for d in data):
                     raise GatewayError(
