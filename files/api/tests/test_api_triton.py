@@ -375,3 +375,81 @@ def test_tritonclient_http_model_config(tc: triton_http.InferenceServerClient) -
 def test_tritonclient_http_repository_index(tc: triton_http.InferenceServerClient) -> None:
     index = tc.get_model_repository_index(headers=AUTH)
     assert index == [{"name": MODEL, "version": "1", "state": "READY"}]
+
+
+def _binary_infer(gateway: Proc, header: dict, blob: bytes, length: int | None = None):
+    head = json.dumps(header).encode()
+    return httpx.post(
+        gateway.url + f"/v2/models/{MODEL}/infer",
+        content=head + blob,
+        headers={**AUTH, "Inference-Header-Content-Length": str(length or len(head))},
+        timeout=10,
+    )
+
+
+def test_infer_binary_body_by_hand(gateway: Proc) -> None:
+    # Binary tensor data extension: BYTES = 4-byte little-endian length + bytes.
+    prompt = b"hi there"
+    blob = len(prompt).to_bytes(4, "little") + prompt + b"\x01"  # + BOOL true (1 byte)
+    header = {
+        "inputs": [
+            {
+                "name": "text_input",
+                "datatype": "BYTES",
+                "shape": [1],
+                "parameters": {"binary_data_size": 4 + len(prompt)},
+            },
+            {
+                "name": "exclude_input_in_output",
+                "datatype": "BOOL",
+                "shape": [1],
+                "parameters": {"binary_data_size": 1},
+            },
+        ],
+        "parameters": {"max_tokens": 2},
+        "outputs": [{"name": "text_output", "parameters": {"binary_data": True}}],
+    }
+    r = _binary_infer(gateway, header, blob)
+    assert r.status_code == 200, r.text
+    n = int(r.headers["inference-header-content-length"])
+    meta = json.loads(r.content[:n])
+    assert meta["outputs"][0]["parameters"]["binary_data_size"] == len(r.content) - n
+    out = r.content[n:]
+    size = int.from_bytes(out[:4], "little")
+    assert len(out[4 : 4 + size].decode().split()) == 2  # input excluded: 2 tokens
+
+
+@pytest.mark.parametrize(
+    ("size", "blob", "length", "needle"),
+    [
+        (20, b"\x05\x00\x00\x00abc", None, "past the end"),
+        (7, b"\x05\x00\x00\x00abc", None, "truncated BYTES element"),
+        (7, b"\x03\x00\x00\x00abc", 10**6, "Inference-Header-Content-Length"),
+    ],
+)
+def test_infer_bad_binary_is_a_400(
+    gateway: Proc, size: int, blob: bytes, length: int | None, needle: str
+) -> None:
+    header = {
+        "inputs": [
+            {
+                "name": "text_input",
+                "datatype": "BYTES",
+                "shape": [1],
+                "parameters": {"binary_data_size": size},
+            }
+        ]
+    }
+    r = _binary_infer(gateway, header, blob, length)
+    assert r.status_code == 400, r.text
+    assert needle in r.json()["error"]
+
+
+def test_infer_deeply_nested_data_is_a_400(gateway: Proc) -> None:
+    data: list = ["x"]
+    for _ in range(40):
+        data = [data]
+    body = {"inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1], "data": data}]}
+    r = httpx.post(gateway.url + f"/v2/models/{MODEL}/infer", json=body, headers=AUTH, timeout=10)
+    assert r.status_code == 400
+    assert "`text_input`" in r.json()["error"]
