@@ -255,6 +255,7 @@ class Backup:
                     "compose": c["compose"],
                     "ports": c["ports"],
                     "http_ports": c["http_ports"],
+                    "grpc_ports": c.get("grpc_ports", []),
                     "model_repository": c["model_repository"],
                     "inspect": rel,
                     "run_argv": [] if c["compose"] else run_argv(c["inspect"]),

@@ -44,6 +44,10 @@ options:
     description: The container port of Triton's HTTP endpoint.
     type: int
     default: 8000
+  grpc_container_port:
+    description: The container port of Triton's gRPC endpoint.
+    type: int
+    default: 8001
 extends_documentation_fragment:
   - gpuserve.vllm.triton_decommission
 author: gpuserve team
@@ -59,7 +63,7 @@ EXAMPLES = r"""
 RETURN = r"""
 containers:
   description: One entry per Triton container (id, name, image, image_id, running, compose,
-    ports, http_ports, model_repository, command, inspect).
+    ports, http_ports, grpc_ports, model_repository, command, inspect).
   type: list
   elements: dict
   returned: always
@@ -206,6 +210,7 @@ def main() -> None:
             "container_names": {"type": "list", "elements": "str", "default": []},
             "compose_projects": {"type": "list", "elements": "str", "default": []},
             "http_container_port": {"type": "int", "default": 8000},
+            "grpc_container_port": {"type": "int", "default": 8001},
             "docker_bin": {"type": "str", "default": "docker"},
         },
         supports_check_mode=True,
@@ -251,6 +256,7 @@ def main() -> None:
                 "compose": compose,
                 "ports": ports,
                 "http_ports": [x for x in ports if x["container_port"] == p["http_container_port"]],
+                "grpc_ports": [x for x in ports if x["container_port"] == p["grpc_container_port"]],
                 "model_repository": _model_repository(item),
                 "inspect": item,
             }

@@ -6,6 +6,10 @@ CI never has a GPU. Environment:
   GPUSERVE_VLLM_URL        an already running vLLM server for that model (optional;
                            otherwise the tests start one and stop it at the end)
   GPUSERVE_SERVED_NAME     served model name (default phi-2)
+  GPUSERVE_GATEWAY_URL     an already deployed gateway, e.g. the role's nginx over TLS
+                           (tests/gpu/machine/validate.sh; SSL_CERT_FILE names its certificate,
+                           and its API key is sk-gpu-validation with a per-key cap of 4);
+                           otherwise the tests start a gateway and stop it at the end
 """
 
 from __future__ import annotations
@@ -87,6 +91,10 @@ def vllm_url(workdir: Path) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def gateway_url(workdir: Path, vllm_url: str) -> Iterator[str]:
     """The gateway in front of vLLM, with a small per-key cap for the overload test."""
+    given = os.environ.get("GPUSERVE_GATEWAY_URL")
+    if given:
+        yield given.rstrip("/")
+        return
     from gpuserve_api.auth import hash_key
     from gpuserve_sim.procs import start_gateway
 

@@ -75,3 +75,18 @@ def test_main_reports_the_missing_module(tmp_path: Path, capsys) -> None:
     fake_proc(tmp_path, "Character devices:\n  1 mem\n", [])
     assert nd.main(["nvidia-devices", str(tmp_path)]) == 1
     assert "nvidia, nvidia-uvm" in capsys.readouterr().err
+
+
+def test_loaded_modules_are_not_modprobed(tmp_path: Path, monkeypatch) -> None:
+    # The GPU machine (tests/gpu/machine) shares the host's loaded driver and has no
+    # /lib/modules: modprobe would fail there, so loaded modules are skipped.
+    for name in ("nvidia", "nvidia_uvm"):
+        (tmp_path / name).mkdir()
+    calls: list[list[str]] = []
+    monkeypatch.setattr(nd.subprocess, "run", lambda argv, check: calls.append(argv))
+    nd.load_modules(tmp_path)
+    assert calls == [["modprobe", "-q", "nvidia-modeset"]]
+    (tmp_path / "nvidia_modeset").mkdir()
+    calls.clear()
+    nd.load_modules(tmp_path)
+    assert calls == []

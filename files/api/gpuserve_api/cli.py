@@ -118,7 +118,7 @@ def _serve(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gpuserve-gateway",
-        description="gpuserve inference gateway (OpenAI + Triton generate, over vLLM).",
+        description="gpuserve inference gateway (OpenAI + Triton HTTP/gRPC, over vLLM).",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command")

@@ -46,6 +46,18 @@ class Listen(_Strict):
     graceful_shutdown_seconds: int = Field(30, ge=0, le=3600)
 
 
+class Grpc(_Strict):
+    """The KServe v2 / Triton gRPC endpoint (``inference.GRPCInferenceService``).
+
+    Off unless enabled; Triton's own port is 8001. With several workers each binds
+    the port with SO_REUSEPORT and the kernel spreads connections over them.
+    """
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(8001, ge=1, le=65535)
+
+
 class Timeouts(_Strict):
     """Timeouts towards one upstream, in seconds."""
 
@@ -181,12 +193,22 @@ class Readiness(_Strict):
 
 class GatewayConfig(_Strict):
     listen: Listen = Field(default_factory=Listen)
+    grpc: Grpc = Field(default_factory=Grpc)
     upstreams: list[Upstream] = Field(min_length=1)
     auth: Auth = Field(default_factory=Auth)
     limits: Limits = Field(default_factory=Limits)
     logging: Logging = Field(default_factory=Logging)
     metrics: Metrics = Field(default_factory=Metrics)
     readiness: Readiness = Field(default_factory=Readiness)
+
+    @model_validator(mode="after")
+    def _grpc_port_free(self) -> GatewayConfig:
+        if self.grpc.enabled and self.grpc.port == self.listen.port:
+            raise ValueError(
+                f"grpc.port {self.grpc.port} is also listen.port: the gRPC endpoint needs "
+                "its own port (Triton's is 8001)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:

@@ -26,6 +26,7 @@ from .protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     GatewayError,
+    InferRequest,
     TritonGenerateRequest,
 )
 from .responses import error_response
@@ -85,7 +86,8 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
             title=app.title, version=app.version, routes=app.routes, description=app.description
         )
         comps = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (CompletionRequest, ChatCompletionRequest, TritonGenerateRequest):
+        parsed = (CompletionRequest, ChatCompletionRequest, TritonGenerateRequest, InferRequest)
+        for model in parsed:
             js = model.model_json_schema(ref_template="#/components/schemas/{model}")
             comps.update(js.pop("$defs", {}))
             comps[model.__name__] = js
@@ -113,7 +115,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         clients = {up.name: upstream_factory(up) for up in config.upstreams}
         registry = Registry.build(config, clients)
-        app.state.gw = GatewayState(
+        state = GatewayState(
             config=config,
             registry=registry,
             openai=OpenAIServing(config, registry),
@@ -121,12 +123,22 @@ def create_app(
             readiness=ReadinessCache(config, registry),
             metrics=metrics_obj,
         )
+        app.state.gw = state
+        grpc_server = None
+        if config.grpc.enabled:
+            # Imported here: grpcio loads only where the gRPC endpoint is on.
+            from .grpc.service import start_server
+
+            grpc_server = await start_server(state, keys, limiter, metrics_obj)
         log.info(
             "gateway started",
             extra={
                 "fields": {
                     "upstreams": [u.name for u in config.upstreams],
                     "auth": config.auth.enabled,
+                    "grpc": f"{config.grpc.host}:{config.grpc.port}"
+                    if config.grpc.enabled
+                    else None,
                     "version": __version__,
                 }
             },
@@ -134,13 +146,15 @@ def create_app(
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(config.listen.graceful_shutdown_seconds)
             for client in clients.values():
                 await client.aclose()
 
     app = FastAPI(
         title="gpuserve gateway",
         version=__version__,
-        description="OpenAI-compatible and Triton generate API in front of vLLM.",
+        description="OpenAI-compatible and Triton (KServe v2 HTTP, gRPC) API in front of vLLM.",
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,

@@ -19,6 +19,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from .context import RequestInfo
+
 _LAT_BUCKETS = (
     0.001,
     0.0025,
@@ -98,6 +100,21 @@ class GatewayMetrics:
             ["reason"],
             registry=r,
         )
+
+    def observe(self, info: RequestInfo, start: float, end: float, first: float | None) -> None:
+        """Count one finished request (HTTP or gRPC) from its ``RequestInfo``."""
+        self.requests.labels(info.route, info.model, info.key, str(info.status)).inc()
+        self.duration.labels(info.route, info.model).observe(end - start)
+        if first is not None:
+            self.ttfb.labels(info.route, info.model).observe(first - start)
+        if info.chunks:
+            self.chunks.labels(info.route, info.model).inc(info.chunks)
+        if info.prompt_tokens:
+            self.tokens.labels(info.model, "prompt").inc(info.prompt_tokens)
+        if info.completion_tokens:
+            self.tokens.labels(info.model, "completion").inc(info.completion_tokens)
+        if info.upstream_error:
+            self.upstream_errors.labels(info.model, info.upstream_error).inc()
 
     def render(self) -> bytes:
         if self.multiproc:

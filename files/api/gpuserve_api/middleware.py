@@ -162,20 +162,8 @@ class GatewayMiddleware:
         end: float,
         first: float | None,
     ) -> None:
-        m = self.metrics
-        if m is not None and info.route != "/metrics":
-            m.requests.labels(info.route, info.model, info.key, str(info.status)).inc()
-            m.duration.labels(info.route, info.model).observe(end - start)
-            if first is not None:
-                m.ttfb.labels(info.route, info.model).observe(first - start)
-            if info.chunks:
-                m.chunks.labels(info.route, info.model).inc(info.chunks)
-            if info.prompt_tokens:
-                m.tokens.labels(info.model, "prompt").inc(info.prompt_tokens)
-            if info.completion_tokens:
-                m.tokens.labels(info.model, "completion").inc(info.completion_tokens)
-            if info.upstream_error:
-                m.upstream_errors.labels(info.model, info.upstream_error).inc()
+        if self.metrics is not None and info.route != "/metrics":
+            self.metrics.observe(info, start, end, first)
         if not self.access or (path in _QUIET and info.status < 400):
             return
         fields: dict[str, Any] = {

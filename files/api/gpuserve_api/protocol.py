@@ -179,6 +179,47 @@ class ServerMetadata(BaseModel):
     extensions: list[str]
 
 
+class InferTensor(BaseModel):
+    """A KServe v2 tensor; ``data`` in the JSON form, or ``parameters.binary_data_size``
+    with the bytes after the JSON (binary tensor data extension)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class RequestedOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(BaseModel):
+    """KServe v2 ``$inference_request`` with the vLLM backend's input tensors."""
+
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[InferTensor] = Field(min_length=1)
+    outputs: list[RequestedOutput] | None = None
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[InferTensor]
+
+
+class RepositoryIndexEntry(BaseModel):
+    name: str
+    version: str
+    state: str
+    reason: str | None = None
+
+
 # --- health ----------------------------------------------------------------------
 class UpstreamReadiness(BaseModel):
     ready: bool

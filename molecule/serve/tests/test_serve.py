@@ -159,9 +159,10 @@ def test_only_nginx_listens_beyond_loopback(host):
     assert outside, "nginx must listen beyond loopback"
     for local, line in outside:
         assert '"nginx"' in line, line
-        assert local.rsplit(":", 1)[1] in ("80", "443"), line
+        assert local.rsplit(":", 1)[1] in ("80", "443", "8443"), line  # 8443: gRPC over TLS
     gateway = [ln for ln in listeners if ln.split()[3] == "127.0.0.1:8080"]
     assert gateway, "the gateway listens on 127.0.0.1:8080"
+    assert any(ln.split()[3] == "127.0.0.1:8081" for ln in listeners), "the gateway's gRPC"
     assert any(ln.split()[3] == "127.0.0.1:8101" for ln in listeners), "tiny-archive on tcp"
 
 
@@ -241,6 +242,39 @@ def test_triton_generate_through_nginx(host):
     data = json.loads(body)
     assert data["model_name"] == "tiny"
     assert data["text_output"]
+
+
+# Triton's ModelInfer over TLS through nginx (grpc_pass), with the gateway venv's grpcio and
+# the gateway's own messages (the container has no tritonclient).
+GRPC_INFER = """
+import sys, grpc
+from gpuserve_api.grpc import inference_pb2 as pb
+creds = grpc.ssl_channel_credentials(open(sys.argv[2], "rb").read())
+channel = grpc.secure_channel("localhost:8443", creds)
+infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+    request_serializer=pb.ModelInferRequest.SerializeToString,
+    response_deserializer=pb.ModelInferResponse.FromString)
+req = pb.ModelInferRequest(model_name="tiny", id="tls-1")
+req.inputs.add(name="text_input", datatype="BYTES", shape=[1])
+req.raw_input_contents.append(len(b"hello").to_bytes(4, "little") + b"hello")
+req.parameters["max_tokens"].int64_param = 3
+key = [("authorization", "Bearer " + sys.argv[1])] if sys.argv[1] else []
+try:
+    resp = infer(req, metadata=key, timeout=30)
+except grpc.RpcError as err:
+    print("ERROR", err.code().name)
+    sys.exit(0)
+raw = resp.raw_output_contents[0]
+print("OK", resp.id, raw[4:].decode())
+"""
+
+
+def test_triton_grpc_infer_through_nginx_over_tls(host):
+    python = "/opt/gpuserve/api-venv/bin/python"
+    ok = host.check_output(python + " -c %s %s %s", GRPC_INFER, KEY, CA)
+    assert ok.startswith("OK tls-1 hello "), ok  # the prompt, then the generated text
+    refused = host.check_output(python + " -c %s %s %s", GRPC_INFER, "", CA)
+    assert refused == "ERROR UNAUTHENTICATED"
 
 
 def test_request_without_key_is_401(host):

@@ -23,6 +23,7 @@ def hv(host):
         "project": f"tdc-{name}",
         "project_dir": f"/var/tmp/gpuserve-molecule-triton_decommission/{name}/triton",
         "http_port": int(variables["tdc_triton_http_port"]),
+        "grpc_port": int(variables["tdc_triton_grpc_port"]),
         "nginx_port": int(variables["tdc_nginx_port"]),
     }
 

@@ -4,7 +4,9 @@ import hashlib
 import json
 
 import httpx
+import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from conftest import BACKUP_ROOT, FIXTURE_COMPOSE, HANDOVER_CONF, IMAGE, compose_containers
 
@@ -60,6 +62,14 @@ def test_backup_manifest_lists_container_image_compose_and_model_repository(host
             "host_port": hv["http_port"],
         }
     ]
+    assert container["grpc_ports"] == [
+        {
+            "container_port": 8001,
+            "proto": "tcp",
+            "host_ip": "127.0.0.1",
+            "host_port": hv["grpc_port"],
+        }
+    ]
     assert data["images"][0]["reference"] == IMAGE
     assert data["images"][0]["id"].startswith("sha256:")
     [repo] = data["model_repositories"]
@@ -113,3 +123,25 @@ def test_triton_generate_on_the_old_port_is_answered_by_the_new_stack(hv):
     assert body["model_name"] == "phi-2"
     assert body["text_output"]
     assert "[triton stand-in]" not in body["text_output"]
+
+
+def test_nginx_listens_on_tritons_old_grpc_port(host, hv):
+    sockets = host.check_output(f"ss -Hltnp 'sport = :{hv['grpc_port']}'")
+    assert f"127.0.0.1:{hv['grpc_port']}" in sockets
+    assert '"nginx"' in sockets
+
+
+def test_tritonclient_grpc_on_the_old_port_is_answered_by_the_new_stack(hv):
+    # No key: like the HTTP handover, nginx adds the migration key for old clients.
+    client = triton_grpc.InferenceServerClient(url=f"127.0.0.1:{hv['grpc_port']}")
+    try:
+        assert client.is_server_ready()
+        assert client.get_server_metadata().name == "gpuserve-gateway"
+        text = triton_grpc.InferInput("text_input", [1], "BYTES")
+        text.set_data_from_numpy(np.array([b"The capital of France is"], dtype=np.object_))
+        result = client.infer("phi-2", [text], parameters={"max_tokens": 8})
+        output = result.as_numpy("text_output")[0].decode()
+        assert output.startswith("The capital of France is ")
+        assert "[triton stand-in]" not in output
+    finally:
+        client.close()

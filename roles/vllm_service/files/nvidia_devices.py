@@ -95,11 +95,21 @@ def ensure(node: Node) -> str:
     return f"created {node.path} ({node.major}:{node.minor})"
 
 
-def load_modules() -> None:
+def loaded(name: str, sys_module: Path) -> bool:
+    """A module already in the kernel (/sys/module/<name with underscores>)."""
+    return (sys_module / name.replace("-", "_")).is_dir()
+
+
+def load_modules(sys_module: Path = Path("/sys/module")) -> None:
+    # Loaded modules are skipped: modprobe of a loaded module still needs the module files in
+    # /lib/modules/<kernel>, which a container or namespace machine sharing the host's loaded
+    # driver does not have (tests/gpu/machine).
     for name in REQUIRED_MODULES:
-        subprocess.run(["modprobe", name], check=True)
+        if not loaded(name, sys_module):
+            subprocess.run(["modprobe", name], check=True)
     for name in OPTIONAL_MODULES:
-        subprocess.run(["modprobe", "-q", name], check=False)
+        if not loaded(name, sys_module):
+            subprocess.run(["modprobe", "-q", name], check=False)
 
 
 def main(argv: list[str]) -> int:

@@ -1,4 +1,5 @@
-"""Triton/KServe v2: generate extension (translated to /v1/completions) and health.
+"""Triton/KServe v2: generate extension and infer (translated to /v1/completions),
+model config, repository index, metadata and health.
 
 Health and readiness routes are status-code only (200 = true, 4xx = false), as in
 KServe v2: /v2/health/ready and model ready answer 400 when not ready, 404 for an
@@ -12,7 +13,11 @@ from starlette.responses import Response
 
 from ..deps import GatewayState, Info, State
 from ..protocol import (
+    GatewayError,
+    InferRequest,
+    InferResponse,
     ModelMetadata,
+    RepositoryIndexEntry,
     ServerMetadata,
     TritonError,
     TritonGenerateRequest,
@@ -20,6 +25,8 @@ from ..protocol import (
 )
 from ..responses import json_response, read_body, relay
 from ..route_labels import route_label
+from ..serving.common import parse_json_object
+from ..serving.kserve import HEADER_LENGTH, parse_infer_body
 from . import body_schema, error_responses
 
 router = APIRouter(tags=["triton"])
@@ -37,6 +44,7 @@ _ERRORS = error_responses(
     },
 )
 _BODY = body_schema(TritonGenerateRequest)
+_INFER_BODY = body_schema(InferRequest)
 
 
 @router.get("/v2", response_model=ServerMetadata, responses=_ERRORS, summary="Server metadata")
@@ -161,3 +169,72 @@ async def generate_stream_version(
     model: str, version: str, request: Request, state: State, info: Info
 ) -> Response:
     return await _generate(request, state, info, model, version, stream=True)
+
+
+# --- KServe v2 infer, model configuration, repository index ------------------------
+async def _infer(
+    request: Request, state: GatewayState, info: Info, model: str, version: str | None
+) -> Response:
+    upstream = state.triton.resolve(model, version, info)
+    raw = await read_body(request, state.config.limits.max_body_bytes)
+    call = parse_infer_body(raw, request.headers.get(HEADER_LENGTH))
+    req, _ = state.triton.from_infer(model, version, call)
+    return await relay(request, info, state.triton.infer(upstream, req, call, info))
+
+
+@router.post(
+    "/v2/models/{model}/infer",
+    response_model=InferResponse,
+    responses=_ERRORS,
+    openapi_extra=_INFER_BODY,
+    summary="KServe v2 infer (JSON or binary tensors)",
+)
+@route_label("/v2/infer")
+async def infer(model: str, request: Request, state: State, info: Info) -> Response:
+    return await _infer(request, state, info, model, None)
+
+
+@router.post(
+    "/v2/models/{model}/versions/{version}/infer",
+    response_model=InferResponse,
+    responses=_ERRORS,
+    openapi_extra=_INFER_BODY,
+    summary="KServe v2 infer (versioned)",
+)
+@route_label("/v2/infer")
+async def infer_version(
+    model: str, version: str, request: Request, state: State, info: Info
+) -> Response:
+    return await _infer(request, state, info, model, version)
+
+
+@router.get("/v2/models/{model}/config", responses=_ERRORS, summary="Triton model configuration")
+@route_label("/v2/models/config")
+async def model_config(model: str, state: State) -> Response:
+    return json_response(state.triton.model_config(model, None))
+
+
+@router.get(
+    "/v2/models/{model}/versions/{version}/config",
+    responses=_ERRORS,
+    summary="Triton model configuration (versioned)",
+)
+@route_label("/v2/models/config")
+async def model_version_config(model: str, version: str, state: State) -> Response:
+    return json_response(state.triton.model_config(model, version))
+
+
+@router.post(
+    "/v2/repository/index",
+    response_model=list[RepositoryIndexEntry],
+    responses=_ERRORS,
+    summary="Triton repository index: every configured model and its state",
+)
+@route_label("/v2/repository")
+async def repository_index(request: Request, state: State) -> Response:
+    raw = await read_body(request, state.config.limits.max_body_bytes)
+    body = parse_json_object(raw) if raw.strip() else {}
+    ready_only = body.get("ready")
+    if ready_only is not None and not isinstance(ready_only, bool):
+        raise GatewayError(400, "`ready` must be a boolean", param="ready")
+    return json_response(await state.triton.repository_index(state.readiness, bool(ready_only)))
