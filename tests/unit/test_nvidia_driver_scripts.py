@@ -12,7 +12,7 @@ import pytest
 from ansible_collections.gpuserve.vllm.plugins.module_utils.secure_boot import SECURE_BOOT_VARIABLE
 
 ROOT = Path(__file__).resolve().parents[2]
-FILES = ROOT / "roles" / "nvidia_driver" / "files"
+FILES = ROOT / "roles" / "common" / "files"
 
 # A throwaway ed25519 public key (the nvidia_repo fixture's) and its fingerprint per gpg.
 KEY_B64 = (

@@ -11,7 +11,10 @@ import pytest
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar, trust_as_template
 
-ROLE = Path(__file__).resolve().parents[2] / "roles" / "vllm_service"
+ROOT = Path(__file__).resolve().parents[2]
+ROLE = ROOT / "roles" / "vllm_service"
+# The unit template calls gpuserve.vllm.systemd_hardening: conftest.py loads the checkout as
+# the collection.
 
 
 def render(engine: str, **overrides: Any) -> tuple[str, str]:
