@@ -32,45 +32,71 @@ def validate(role: str, values: dict[str, Any], entry: str = "main") -> list[str
     return [str(e) for e in result.errors]
 
 
+# Structured variables whose specs declare their keys, and the role that reads each.
+STRUCTURED = {
+    "vllm_service_models": "vllm_service",
+    "gateway_upstreams": "gateway",
+    "gateway_api_keys": "gateway",
+    "gateway_limits": "gateway",
+    "gateway_upstream_timeouts": "gateway",
+    "monitoring_vllm_instances": "monitoring",
+}
+
+
 def _find(node: Any, name: str) -> list[Any]:
     if isinstance(node, dict):
-        found = [node[name]] if isinstance(node.get(name), list) else []
-        return found + [x for v in node.values() if v is not node.get(name) for x in _find(v, name)]
+        here = [node[name]] if name in node and not isinstance(node[name], str) else []
+        return here + [x for k, v in node.items() if k != name for x in _find(v, name)]
     if isinstance(node, list):
         return [x for v in node for x in _find(v, name)]
     return []
 
 
-def model_lists() -> list[tuple[str, list[Any]]]:
-    """(where, vllm_service_models) from defaults, Molecule scenarios and docs examples."""
-    out = [
-        (
-            "defaults",
-            yaml.safe_load((ROOT / "roles/vllm_service/defaults/main.yml").read_text())[
-                "vllm_service_models"
-            ],
-        )
+def _yaml_sources() -> list[tuple[str, Any]]:
+    """(where, data): role defaults, Molecule scenarios, example inventories, docs examples."""
+    out = []
+    files = [
+        *sorted(ROOT.glob("roles/*/defaults/main.yml")),
+        *sorted(ROOT.glob("molecule/*/molecule.yml")),
+        *sorted(p for p in ROOT.glob("inventories/**/*") if p.suffix in {".yml", ".example"}),
     ]
-    for path in sorted(ROOT.glob("molecule/*/molecule.yml")):
-        out += [
-            (str(path.relative_to(ROOT)), m)
-            for m in _find(yaml.safe_load(path.read_text()), "vllm_service_models")
-        ]
+    out += [(str(p.relative_to(ROOT)), yaml.safe_load(p.read_text())) for p in files]
     for path in [*sorted(ROOT.glob("docs/*.md")), *sorted(ROOT.glob("roles/*/README.md"))]:
         for block in re.findall(r"```ya?ml\n(.*?)```", path.read_text(), re.S):
             try:
-                data = yaml.safe_load(block)
+                out.append((str(path.relative_to(ROOT)), yaml.safe_load(block)))
             except yaml.YAMLError:
                 continue
-            out += [(str(path.relative_to(ROOT)), m) for m in _find(data, "vllm_service_models")]
     return out
 
 
+def uses() -> list[tuple[str, str, Any]]:
+    """(where, variable, value) for every structured value this project writes down."""
+    sources = _yaml_sources()
+    found = [(w, name, v) for w, data in sources for name in STRUCTURED for v in _find(data, name)]
+    # The vault example holds the keys that gateway_api_keys points at.
+    found += [
+        (w, "gateway_api_keys", v) for w, d in sources for v in _find(d, "vault_gateway_api_keys")
+    ]
+    return found
+
+
 @pytest.mark.parametrize(
-    ("where", "models"), model_lists(), ids=lambda v: v if isinstance(v, str) else ""
+    ("where", "name", "value"), uses(), ids=lambda v: v if isinstance(v, str) else ""
 )
-def test_every_model_list_the_project_uses_passes_the_spec(where: str, models: list[Any]) -> None:
-    assert validate("vllm_service", {"vllm_service_models": models}) == []
+def test_every_structured_value_the_project_uses_passes_the_spec(
+    where: str, name: str, value: Any
+) -> None:
+    assert validate(STRUCTURED[name], {name: value}) == []
+
+
+def test_the_scan_finds_the_model_lists() -> None:
+    wheres = {w for w, name, _ in uses() if name == "vllm_service_models"}
+    assert {
+        "roles/vllm_service/defaults/main.yml",
+        "molecule/serve/molecule.yml",
+        "docs/serving.md",
+    } <= wheres
 
 
 def test_a_misspelt_model_key_is_refused_by_name() -> None:
