@@ -258,7 +258,9 @@ def test_wheel_host_manifest_says_index_and_nothing_was_built():
     assert m["wheel"] is None
     assert m["built_on"] is None
     host = _host(WHEEL_HOST)
-    assert not host.file(f"{WORK}/src").exists
+    # No source tree, build script or build log of its key (the work folders exist, empty).
+    assert not host.file(f"{WORK}/src/{m['key']}").exists
+    assert not host.file(f"{WORK}/build-{m['key']}.sh").exists
     assert not host.file(f"{WORK}/logs/build.log").exists
     # --no-deps (vllm_build_install_deps: false): none of vLLM's runtime dependencies came.
     assert not host.file(f"{VENV}/lib/python3.11/site-packages/transformers").exists
