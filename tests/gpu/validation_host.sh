@@ -138,7 +138,7 @@ verify() {
   local ansible=(/tmp/site/bin/ansible-playbook -i "$REPO/inventories/local/hosts.yml")
   (cd "$REPO" && "${ansible[@]}" playbooks/preflight.yml -e preflight_report_path="$OUT/preflight.json" \
      2>&1 | tee "$OUT/preflight.log") || true
-  (cd "$REPO" && "${ansible[@]}" playbooks/verify.yml ${VERIFY_ARGS:-} 2>&1 | tee "$OUT/verify.log") || true
+  (cd "$REPO" && "${ansible[@]}" playbooks/verify.yml -e verify_report_dir="$OUT" ${VERIFY_ARGS:-} 2>&1 | tee "$OUT/verify.log") || true
   "$PY" "$REPO/roles/monitoring/files/gpuserve_nvml_exporter.py" --once >"$OUT/nvml-exporter.txt" 2>&1 || true
 }
 

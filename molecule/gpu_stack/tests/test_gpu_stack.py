@@ -241,6 +241,12 @@ def test_verify_playbook_passes_and_writes_a_report_per_host(verify_reports, hos
     assert reports[host.backend.get_hostname()]["result"] == "pass"
 
 
+def test_each_host_keeps_its_own_report_equal_to_the_controller_copy(verify_reports, host):
+    on_host = host.file("/var/lib/gpuserve/verify.json")  # verify_report_path's default
+    assert on_host.mode == 0o644
+    assert json.loads(on_host.content_string) == verify_reports[1][host.backend.get_hostname()]
+
+
 def test_verify_reports_gpu_checks_as_no_gpu_not_as_passes(verify_reports, host):
     checks = checks_of(verify_reports[1], host)
     assert checks["driver"]["status"] == "no_gpu"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
+import ssl
 import time
 from pathlib import Path
 
@@ -12,9 +15,14 @@ import yaml
 
 KEY = "ci-test-key-0123456789"
 OTHER_KEY = "ci-other-key-0123456789"
-CA = "/etc/nginx/tls/gpuserve.crt"
+SERVED_CERT = "/etc/nginx/tls/gpuserve.crt"
 BASE = "https://localhost"
 SMALL_LIMITS_HOST = "serve-debian12"
+# nginx_proxy_tls_mode: provided there (molecule.yml host_vars): a certificate signed by the
+# FIXTURE CA that prepare.yml made in the ephemeral folder and put in the host's trust store.
+PROVIDED_TLS_HOST = "serve-debian13"
+TLS_FIXTURE = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "tls-fixture"
+FIXTURE_CA_ON_HOST = "/usr/local/share/ca-certificates/gpuserve-fixture-ca.crt"
 PROJECT = Path(__file__).resolve().parents[3]
 NGINX_DEFAULTS = yaml.safe_load((PROJECT / "roles/nginx_proxy/defaults/main.yml").read_text())
 STREAMS = 256
@@ -24,6 +32,20 @@ UNITS = [
     "gpuserve-gateway.service",
     "nginx.service",
 ]
+
+
+def provided_tls(host) -> bool:
+    return host.backend.get_hostname() == PROVIDED_TLS_HOST
+
+
+def ca(host) -> str:
+    """The CA file clients use: the fixture CA (provided) or the self-signed certificate itself."""
+    return FIXTURE_CA_ON_HOST if provided_tls(host) else SERVED_CERT
+
+
+def fingerprint(pem: str) -> str:
+    """sha256 of the certificate's DER form (as `openssl x509 -fingerprint -sha256` prints it)."""
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
 
 
 def journal(host, unit: str) -> str:
@@ -38,7 +60,7 @@ def curl(host, path: str, *args: str, key: str | None = KEY, base: str = BASE) -
             "curl",
             "-sS",
             "--cacert",
-            CA,
+            ca(host),
             "-o",
             "/tmp/body",
             "-w",
@@ -306,6 +328,27 @@ def test_body_over_the_nginx_limit_is_413(host):
     assert json.loads(body)["error"]["code"] == 413
 
 
+def test_nginx_serves_the_certificate_of_its_tls_mode(host):
+    served = host.check_output(
+        "python3 -c \"import ssl; print(ssl.get_server_certificate(('127.0.0.1', 443)))\""
+    )
+    on_disk = host.file(SERVED_CERT).content_string
+    assert fingerprint(served) == fingerprint(on_disk)
+    if provided_tls(host):
+        # The operator's certificate, byte for byte, not one the role made.
+        provided = (TLS_FIXTURE / "server.crt").read_text()
+        assert fingerprint(served) == fingerprint(provided)
+        assert on_disk.strip() == provided.strip()
+        assert host.file(FIXTURE_CA_ON_HOST).content_string == (TLS_FIXTURE / "ca.crt").read_text()
+
+
+def test_tls_key_is_root_only_and_the_provided_one_where_provided(host):
+    key = host.file("/etc/nginx/tls/gpuserve.key")
+    assert (key.user, key.group, key.mode) == ("root", "root", 0o600)
+    if provided_tls(host):
+        assert key.content_string.strip() == (TLS_FIXTURE / "server.key").read_text().strip()
+
+
 def test_plain_http_redirects_to_https(host):
     out = host.check_output(
         "curl -sS -o /dev/null -w '%{http_code} %{redirect_url}' http://127.0.0.1/v1/models"
@@ -314,10 +357,12 @@ def test_plain_http_redirects_to_https(host):
 
 
 def test_tls_below_1_2_is_refused(host):
-    old = host.run(f"curl -sS --cacert {CA} --tlsv1.1 --tls-max 1.1 -o /dev/null {BASE}/health")
+    old = host.run(
+        f"curl -sS --cacert {ca(host)} --tlsv1.1 --tls-max 1.1 -o /dev/null {BASE}/health"
+    )
     assert old.rc != 0
     new = host.run(
-        f"curl -sS --cacert {CA} --tlsv1.3 -o /dev/null -w '%{{http_code}}' {BASE}/health"
+        f"curl -sS --cacert {ca(host)} --tlsv1.3 -o /dev/null -w '%{{http_code}}' {BASE}/health"
     )
     assert new.rc == 0
     assert new.stdout == "200"
@@ -348,7 +393,8 @@ def test_rate_limit_answers_429_above_the_limit(host):
     # burst of 10, whatever the load of the machine; within the default burst of 512.
     urls = " ".join([f"-o /dev/null {BASE}/health"] * 100)
     out = host.check_output(
-        f"curl -s -Z --parallel-max 50 --cacert {CA} -w '%{{http_code}}\\n' {urls} 2>/dev/null"
+        f"curl -s -Z --parallel-max 50 --cacert {ca(host)} -w '%{{http_code}}\\n' {urls}"
+        " 2>/dev/null"
     )
     codes = re.findall(r"^\d{3}$", out, re.M)
     assert len(codes) == 100
@@ -378,7 +424,7 @@ def test_one_client_with_256_streams_gets_no_429_with_the_defaults(host):
     out = host.run(
         "rm -rf /tmp/streams && mkdir /tmp/streams && "
         f"curl -s -Z --parallel-immediate --parallel-max {STREAMS} --http1.1 --max-time 120 "
-        f"--cacert {CA} -H 'Authorization: Bearer {KEY}' -H 'Content-Type: application/json' "
+        f"--cacert {ca(host)} -H 'Authorization: Bearer {KEY}' -H 'Content-Type: application/json' "
         f"-d '{body}' -o '/tmp/streams/#1' -w '%{{http_code}}\\n' "
         f"'{BASE}/v1/completions?stream=[1-{STREAMS}]'"
     )

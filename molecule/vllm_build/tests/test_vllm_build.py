@@ -1,7 +1,9 @@
 """vllm_build, CPU-only source path: a real vLLM 0.11.0 sdist built once, installed twice.
 
 The builder builds the wheel (VLLM_TARGET_DEVICE=empty); the consumer has the same cache
-key and installs that wheel from the controller cache without building.
+key and installs that wheel from the controller cache without building. A third host takes
+vllm_build_install_method: wheel from a local index (FIXTURE: the sdist's sources as a
+no-extension wheel, tests/fixtures/vllm_build/wheel_index.py).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import functools
 import hashlib
 import json
 import os
+import tarfile
 
 import pytest
 import testinfra
@@ -24,6 +27,11 @@ PATCH = os.path.join(
     "tests/fixtures/vllm_build/patches/0001-gpuserve-fixture-marker.patch",
 )
 ALL = [BUILDER, CONSUMER]
+WHEEL_HOST = "vllm_build-debian12-wheel"
+PROJECT = os.environ.get("MOLECULE_PROJECT_DIRECTORY", ".")
+WHEEL_INDEX = "file:///srv/gpuserve-fixtures/vllm_build/wheel-index/simple"
+# The vLLM 0.11.0 sdist from PyPI (sha256 pinned in tests/fixtures/vllm_build/prepare.sh).
+SDIST = os.path.join(PROJECT, ".cache/vllm_build/sdist/vllm-0.11.0.tar.gz")
 
 
 def _host(name: str):
@@ -212,3 +220,47 @@ def test_builder_installed_torch_and_consumer_reads_the_hosts_torch():
     assert cmd.rc == 0, cmd.stderr
     assert cmd.stdout.strip() == f"{site}/torch/__init__.py"
     assert not host.file(f"{VENV}/lib/python3.11/site-packages/torch").exists
+
+
+# --- vllm_build_install_method: wheel ------------------------------------------------------------
+def test_wheel_host_installed_vllm_0_11_0_from_the_index():
+    host = _host(WHEEL_HOST)
+    code = "import importlib.metadata as m, vllm; print(m.version('vllm'), vllm.__version__)"
+    cmd = host.run("runuser -u vllm -- %s/bin/python -c %s", VENV, code)
+    assert cmd.rc == 0, cmd.stderr
+    assert cmd.stdout.split() == ["0.11.0+empty", "0.11.0"]
+    installer = host.file(
+        f"{VENV}/lib/python3.11/site-packages/vllm-0.11.0+empty.dist-info/INSTALLER"
+    )
+    assert installer.content_string.strip() == "pip"
+
+
+def test_wheel_host_files_are_the_0_11_0_sdist_s():
+    # Files the wheel carries, compared with the same files of PyPI's sdist (sha256-pinned).
+    names = ["vllm/__init__.py", "vllm/_version.py", "vllm/engine/arg_utils.py"]
+    with tarfile.open(SDIST) as sdist:
+        expected = {
+            n: hashlib.sha256(sdist.extractfile(f"vllm-0.11.0/{n}").read()).hexdigest()
+            for n in names
+        }
+    site = f"{VENV}/lib/python3.11/site-packages"
+    host = _host(WHEEL_HOST)
+    assert {n: host.file(f"{site}/{n}").sha256sum for n in names} == expected
+
+
+def test_wheel_host_manifest_says_index_and_nothing_was_built():
+    m = _manifest(WHEEL_HOST)
+    assert m["install_method"] == "wheel"
+    assert m["installed_from"] == f"index:{WHEEL_INDEX}"
+    assert m["vllm"] == {"version": "0.11.0", "dist_version": "0.11.0+empty"}
+    assert m["torch"]["source"] == "existing"
+    assert m["key_parts"]["vllm_ref"] == f"wheel:{WHEEL_INDEX}@0.11.0"
+    assert m["wheel"] is None
+    assert m["built_on"] is None
+    host = _host(WHEEL_HOST)
+    # No source tree, build script or build log of its key (the work folders exist, empty).
+    assert not host.file(f"{WORK}/src/{m['key']}").exists
+    assert not host.file(f"{WORK}/build-{m['key']}.sh").exists
+    assert not host.file(f"{WORK}/logs/build.log").exists
+    # --no-deps (vllm_build_install_deps: false): none of vLLM's runtime dependencies came.
+    assert not host.file(f"{VENV}/lib/python3.11/site-packages/transformers").exists
