@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ from . import __version__
 from .auth import KeyStore, load_keys
 from .config import GatewayConfig, Upstream, load_config
 from .deps import GatewayState
-from .limits import InFlight
+from .limits import ENV_FILE, InFlight, key_names
 from .logs import setup_logging
 from .metrics import GatewayMetrics
 from .middleware import GatewayMiddleware
@@ -70,8 +71,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         message = {404: "Not Found", 405: "Method Not Allowed"}.get(
             err.status_code, str(err.detail)
         )
+        # Keeps Starlette's headers: a 405 carries ``Allow``.
         return _error_response(
-            request, GatewayError(err.status_code, message, "invalid_request_error")
+            request,
+            GatewayError(
+                err.status_code, message, "invalid_request_error", headers=dict(err.headers or {})
+            ),
         )
 
 
@@ -107,10 +112,12 @@ def create_app(
     if not config.auth.enabled:
         keys = None
     metrics_obj = GatewayMetrics() if config.metrics.enabled else None
-    limiter = InFlight(config.limits)
+    # Counters shared by the workers when `serve` started several (limits.py).
+    limiter = InFlight(config.limits, key_names(keys), path=os.environ.get(ENV_FILE))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        limiter.open()
         clients = {up.name: upstream_factory(up) for up in config.upstreams}
         registry = Registry.build(config, clients)
         app.state.gw = GatewayState(
@@ -136,6 +143,7 @@ def create_app(
         finally:
             for client in clients.values():
                 await client.aclose()
+            limiter.close()
 
     app = FastAPI(
         title="gpuserve gateway",

@@ -15,9 +15,11 @@ from ..context import RequestInfo
 from ..protocol import GatewayError
 from ..upstream import UpstreamClient, UpstreamFailure, UpstreamResponse
 from .common import (
+    TRITON,
     ProxyResult,
     Registry,
-    check_caps,
+    effective_caps,
+    loads_strict,
     note_usage,
     parse_json_object,
     read_and_close,
@@ -157,10 +159,12 @@ class TritonServing:
                 sp = source.pop("sampling_parameters")
         if isinstance(sp, str):
             try:
-                sp = json.loads(sp)
-            except ValueError:
+                sp = loads_strict(sp)
+            except GatewayError as err:
                 raise GatewayError(
-                    400, "`sampling_parameters` is not valid JSON", param="sampling_parameters"
+                    400,
+                    f"`sampling_parameters` is not valid JSON ({err.message})",
+                    param="sampling_parameters",
                 ) from None
         if sp is not None and not isinstance(sp, dict):
             raise GatewayError(
@@ -187,7 +191,7 @@ class TritonServing:
                 sampling[key] = int(sampling[key])
         if isinstance(sampling.get("n"), int) and sampling["n"] != 1:
             raise GatewayError(400, "parameter `n` must be 1 on the generate endpoints", param="n")
-        check_caps(sampling, self.config.limits, len(text))
+        sampling.update(effective_caps(sampling, self.config.limits, TRITON, len(text)))
         exclude = control.get("exclude_input_in_output")
         return TritonRequest(
             model=model,
