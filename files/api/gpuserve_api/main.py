@@ -22,7 +22,7 @@ from .deps import GatewayState
 from .limits import ENV_FILE, InFlight, key_names
 from .logs import setup_logging
 from .metrics import GatewayMetrics
-from .middleware import GatewayMiddleware
+from .middleware import GatewayMiddleware, is_open
 from .protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -80,7 +80,62 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
 
-def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+# Routes that answer with a status code only (KServe v2 health), or plain text.
+_STATUS_ONLY = {
+    "/v2/health/live": {"200": "live"},
+    "/v2/health/ready": {"200": "every required model is ready", "400": "not ready"},
+    "/v2/models/{model}/ready": {"200": "ready", "400": "not ready", "404": "unknown model"},
+    "/v2/models/{model}/versions/{version}/ready": {
+        "200": "ready",
+        "400": "not ready",
+        "404": "unknown model or version",
+    },
+}
+_TEXT = {"/metrics": {"200": "Prometheus text format", "404": "metrics are disabled"}}
+
+
+def _describe_reality(schema: dict[str, Any], auth: bool) -> None:
+    """Make the generated schema say what the gateway really answers: validation errors
+    are 400 in the route's error shape (never FastAPI's 422), health routes have no body,
+    /metrics is text, the /v1 catch-all relays whatever vLLM answers, and (auth on) the
+    routes that need a key say so."""
+    comps = schema["components"]["schemas"]
+    if auth:
+        schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    for path, ops in schema["paths"].items():
+        shape = "TritonError" if path.startswith("/v2") else "OpenAIError"
+        for op in ops.values():
+            if auth and not is_open(path):
+                op["security"] = [{"bearer": []}]
+            responses = op.setdefault("responses", {})
+            if responses.pop("422", None) is not None and "400" not in responses:
+                responses["400"] = {
+                    "description": "invalid parameter",
+                    "content": {
+                        "application/json": {"schema": {"$ref": f"#/components/schemas/{shape}"}}
+                    },
+                }
+            if path in _STATUS_ONLY:
+                op["responses"] = {c: {"description": d} for c, d in _STATUS_ONLY[path].items()}
+            elif path in _TEXT:
+                op["responses"] = {
+                    c: {"description": d, "content": {"text/plain": {"schema": {"type": "string"}}}}
+                    for c, d in _TEXT[path].items()
+                }
+            elif path == "/v1/{rest}":
+                # vLLM's own answer, relayed unchanged (its errors may be FastAPI's
+                # {"detail": ...}); the gateway's own errors keep their documented shape.
+                for code in ("200", "400", "404"):
+                    responses.pop(code, None)
+                responses["default"] = {
+                    "description": "the upstream's answer, relayed unchanged",
+                    "content": {"application/json": {"schema": {}}},
+                }
+    for name in ("HTTPValidationError", "ValidationError"):
+        comps.pop(name, None)
+
+
+def _openapi(app: FastAPI, auth: bool) -> Callable[[], dict[str, Any]]:
     """The generated schema plus the request bodies the hot path parses by hand."""
 
     def build() -> dict[str, Any]:
@@ -94,6 +149,7 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
             js = model.model_json_schema(ref_template="#/components/schemas/{model}")
             comps.update(js.pop("$defs", {}))
             comps[model.__name__] = js
+        _describe_reality(schema, auth)
         app.openapi_schema = schema
         return schema
 
@@ -166,7 +222,7 @@ def create_app(
         # The declared routes, in the app's order: the middleware labels by them.
         routes=[route for router in routers for route in router.routes],
     )
-    app.openapi = _openapi(app)  # type: ignore[method-assign]
+    app.openapi = _openapi(app, keys is not None)  # type: ignore[method-assign]
     return app
 
 
