@@ -20,7 +20,7 @@ from pathlib import Path
 from . import __version__
 from .auth import generate_key, hash_key, load_keys
 from .config import ENV_CONFIG, ConfigError, GatewayConfig, load_config
-from .limits import ENV_FILE, InFlight, key_names
+from .limits import ENV_FILE, InFlight
 
 EXIT_CONFIG = 2
 
@@ -112,10 +112,7 @@ def _serve(args: argparse.Namespace) -> int:
     # Rows: one per worker, plus room for restarted ones while a dead row is not reused.
     limits_dir = tempfile.mkdtemp(prefix="gpuserve-gateway-limits-")
     os.environ[ENV_FILE] = str(Path(limits_dir) / "in-flight")
-    keys = (
-        load_keys(config.auth.keys_file) if config.auth.enabled and config.auth.keys_file else None
-    )
-    InFlight(config.limits, key_names(keys), os.environ[ENV_FILE], rows=2 * workers + 2).prepare()
+    InFlight(config.limits, [], os.environ[ENV_FILE], rows=2 * workers + 2).prepare()
     try:
         uvicorn.run("gpuserve_api.main:app_from_env", factory=True, workers=workers, **common)
     finally:

@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import mmap
 import os
 import struct
 from collections.abc import Iterator, Sequence
 
 from .auth import KeyStore
-from .config import Limits
+from .config import ConfigError, Limits
 
 # Set by ``gpuserve-gateway serve`` for its workers: the file that holds the counters.
 ENV_FILE = "GPUSERVE_GATEWAY_LIMITS_FILE"
 ANONYMOUS = "anonymous"
+# Distinct key names the counters can hold over one gateway start (anonymous included).
+KEY_SLOTS = 4096
 _Q = struct.Struct("q")
 _WORD = _Q.size
 
@@ -51,6 +54,11 @@ class InFlight:
     ``keys``: every key name that can take a slot (``anonymous`` is always one).
     ``path``: the shared file (None: this process only). ``rows``: how many workers
     may hold a row at once (dead workers' rows are reused); used by ``prepare``.
+
+    File layout, in 8-byte words: a table of ``KEY_SLOTS`` key-name hashes (0 = free),
+    then one row per worker: pid, total, one count per table slot. The layout does not
+    depend on the keys file, so workers restarted by SIGHUP with another keys file
+    (new keys take free slots) share the file with the ones still running.
     """
 
     def __init__(
@@ -58,15 +66,24 @@ class InFlight:
     ) -> None:
         self.max_total = limits.max_in_flight
         self.max_per_key = limits.max_in_flight_per_key
-        self.columns = {name: i for i, name in enumerate(dict.fromkeys([ANONYMOUS, *keys]))}
-        # Row layout, in 8-byte words: pid, total, one count per key.
-        self.row_words = 2 + len(self.columns)
+        self.names = list(dict.fromkeys([ANONYMOUS, *keys]))
+        if len(self.names) > KEY_SLOTS:
+            raise ConfigError(
+                f"{len(self.names) - 1} API keys: the in-flight counters hold at most "
+                f"{KEY_SLOTS - 1}"
+            )
+        self.columns: dict[str, int] = {}
+        self.row_words = 2 + KEY_SLOTS
         self.rows = rows if path is not None else 1
         self.path = path
         self.fd: int | None = None
-        self.buf: mmap.mmap | bytearray = bytearray(self.rows * self.row_words * _WORD)
+        self.buf: mmap.mmap | bytearray = bytearray(self._size(self.rows))
         self.row = 0
         self.pid = os.getpid()
+
+    @staticmethod
+    def _size(rows: int) -> int:
+        return (KEY_SLOTS + rows * (2 + KEY_SLOTS)) * _WORD
 
     # --- lifecycle -------------------------------------------------------------------
     def prepare(self) -> None:
@@ -74,24 +91,28 @@ class InFlight:
         assert self.path is not None
         with open(self.path, "wb") as f:
             os.fchmod(f.fileno(), 0o600)
-            f.write(bytes(self.rows * self.row_words * _WORD))
+            f.write(bytes(self._size(self.rows)))
 
     def open(self) -> None:
-        """Map the shared file and take a row (a free one, or one a dead worker left).
-        Runs in the worker process (the app's lifespan); the file's size gives the rows."""
+        """Map the shared file, take a row (a free one, or one a dead worker left) and
+        the key columns. Runs in the worker (the app's lifespan); the file's size gives
+        the rows. One process (no file): only the key columns."""
         if self.path is None:
+            self._assign_columns()
             return
         self.fd = os.open(self.path, os.O_RDWR)
         with self._locked():
             size = os.fstat(self.fd).st_size
-            self.rows = size // (self.row_words * _WORD)
-            if self.rows < 1 or size % (self.row_words * _WORD):
+            row_bytes = self.row_words * _WORD
+            self.rows = (size - KEY_SLOTS * _WORD) // row_bytes
+            if self.rows < 1 or self._size(self.rows) != size:
                 raise RuntimeError(
-                    f"in-flight counters file {self.path} has {size} bytes, not whole rows "
-                    f"of {self.row_words * _WORD} (written for another keys file?)"
+                    f"in-flight counters file {self.path} has {size} bytes, not a key table "
+                    f"and whole rows of {row_bytes}"
                 )
             self.buf = mmap.mmap(self.fd, size)
             self.pid = os.getpid()
+            self._assign_columns()
             for row in range(self.rows):
                 pid = self._get(row, 0)
                 if pid == 0 or not _alive(pid):
@@ -104,7 +125,27 @@ class InFlight:
             "processes (more gateway workers than listen.workers?)"
         )
 
+    def _assign_columns(self) -> None:
+        """Find each key's slot in the table by its name's hash, or take a free one."""
+        table = [int(v) for v in struct.unpack_from(f"{KEY_SLOTS}q", self.buf, 0)]
+        for name in self.names:
+            digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+            h = int.from_bytes(digest, "big", signed=True) or 1
+            if h in table:
+                slot = table.index(h)
+            elif 0 in table:
+                slot = table.index(0)
+                table[slot] = h
+                _Q.pack_into(self.buf, slot * _WORD, h)
+            else:
+                raise RuntimeError(
+                    f"in-flight counters file {self.path}: all {KEY_SLOTS} key slots are "
+                    "used (restart the gateway to start a fresh file)"
+                )
+            self.columns[name] = 2 + slot
+
     def close(self) -> None:
+        """Give the row back (the app's lifespan end)."""
         if self.fd is None:
             return
         with self._locked():
@@ -117,7 +158,7 @@ class InFlight:
     # --- the request path ----------------------------------------------------------
     def try_acquire(self, key: str) -> str | None:
         """Take a slot; return None, or the name of the cap that refused it."""
-        col = 2 + self.columns[key]
+        col = self.columns[key]
         with self._locked():
             refused = self._refusal(col)
             if refused and self.path is not None and self._reap():
@@ -129,14 +170,14 @@ class InFlight:
         return None
 
     def release(self, key: str) -> None:
-        col = 2 + self.columns[key]
+        col = self.columns[key]
         with self._locked():
             self._add(self.row, 1, -1)
             self._add(self.row, col, -1)
 
     def counts(self, key: str) -> tuple[int, int]:
         """(total, this key's) in flight over every worker."""
-        col = 2 + self.columns[key]
+        col = self.columns[key]
         with self._locked():
             return self._sum(1), self._sum(col)
 
@@ -162,7 +203,7 @@ class InFlight:
         return sum(self._get(row, col) for row in range(self.rows))
 
     def _offset(self, row: int, col: int) -> int:
-        return (row * self.row_words + col) * _WORD
+        return (KEY_SLOTS + row * self.row_words + col) * _WORD
 
     def _get(self, row: int, col: int) -> int:
         return int(_Q.unpack_from(self.buf, self._offset(row, col))[0])

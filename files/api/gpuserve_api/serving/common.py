@@ -67,10 +67,10 @@ class Registry:
 
     async def context_len(self, name: str, request_id: str) -> int | None:
         """The model's context window from its upstream's /v1/models (asked once per
-        worker; None while the upstream does not say)."""
+        worker, again only while the upstream did not answer; None when unknown)."""
         known = self.contexts.get(name)
         if known is not None:
-            return known
+            return known or None  # 0: the upstream answered without max_model_len
         headers = {"accept-encoding": "identity", "x-request-id": request_id}
         try:
             resp = await self.upstreams[name].send("GET", "/v1/models", headers, None)
@@ -83,6 +83,7 @@ class Registry:
             if isinstance(value, int) and value > 0 and card.get("id") == name:
                 self.contexts[name] = value
                 return value
+        self.contexts[name] = 0
         return None
 
 
