@@ -20,6 +20,7 @@ from pathlib import Path
 from . import __version__
 from .auth import generate_key, hash_key, load_keys
 from .config import ENV_CONFIG, ConfigError, GatewayConfig, load_config
+from .limits import ENV_FILE, InFlight
 
 EXIT_CONFIG = 2
 
@@ -107,9 +108,15 @@ def _serve(args: argparse.Namespace) -> int:
         shutil.rmtree(mp_dir, ignore_errors=True)
         Path(mp_dir).mkdir(parents=True, exist_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = mp_dir
+    # In-flight caps: one counters file for all workers (limits.py), fresh per start.
+    # Rows: one per worker, plus room for restarted ones while a dead row is not reused.
+    limits_dir = tempfile.mkdtemp(prefix="gpuserve-gateway-limits-")
+    os.environ[ENV_FILE] = str(Path(limits_dir) / "in-flight")
+    InFlight(config.limits, [], os.environ[ENV_FILE], rows=2 * workers + 2).prepare()
     try:
         uvicorn.run("gpuserve_api.main:app_from_env", factory=True, workers=workers, **common)
     finally:
+        shutil.rmtree(limits_dir, ignore_errors=True)
         if cleanup:
             shutil.rmtree(mp_dir, ignore_errors=True)
     return 0

@@ -155,7 +155,7 @@ class Auth(_Strict):
 
 
 class Limits(_Strict):
-    """Request caps. In-flight caps are enforced per worker process."""
+    """Request caps. In-flight caps hold for the whole gateway, all workers together."""
 
     max_tokens: int = Field(4096, ge=1)
     max_n: int = Field(8, ge=1)
@@ -168,6 +168,9 @@ class Limits(_Strict):
     max_in_flight_per_key: int = Field(256, ge=0)
     # Value of the Retry-After header on 429.
     retry_after_seconds: int = Field(1, ge=0)
+    # Request headers: total bytes (names + values) and count; more is a 431.
+    max_header_bytes: int = Field(32768, ge=1024)
+    max_headers: int = Field(100, ge=8)
 
 
 class Logging(_Strict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -18,10 +19,10 @@ from . import __version__
 from .auth import KeyStore, load_keys
 from .config import GatewayConfig, Upstream, load_config
 from .deps import GatewayState
-from .limits import InFlight
+from .limits import ENV_FILE, InFlight, key_names
 from .logs import setup_logging
 from .metrics import GatewayMetrics
-from .middleware import GatewayMiddleware
+from .middleware import GatewayMiddleware, is_open
 from .protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -71,12 +72,71 @@ def _install_error_handlers(app: FastAPI) -> None:
         message = {404: "Not Found", 405: "Method Not Allowed"}.get(
             err.status_code, str(err.detail)
         )
+        # Keeps Starlette's headers: a 405 carries ``Allow``.
         return _error_response(
-            request, GatewayError(err.status_code, message, "invalid_request_error")
+            request,
+            GatewayError(
+                err.status_code, message, "invalid_request_error", headers=dict(err.headers or {})
+            ),
         )
 
 
-def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+# Routes that answer with a status code only (KServe v2 health), or plain text.
+_STATUS_ONLY = {
+    "/v2/health/live": {"200": "live"},
+    "/v2/health/ready": {"200": "every required model is ready", "400": "not ready"},
+    "/v2/models/{model}/ready": {"200": "ready", "400": "not ready", "404": "unknown model"},
+    "/v2/models/{model}/versions/{version}/ready": {
+        "200": "ready",
+        "400": "not ready",
+        "404": "unknown model or version",
+    },
+}
+_TEXT = {"/metrics": {"200": "Prometheus text format", "404": "metrics are disabled"}}
+
+
+def _describe_reality(schema: dict[str, Any], auth: bool) -> None:
+    """Make the generated schema say what the gateway really answers: validation errors
+    are 400 in the route's error shape (never FastAPI's 422), health routes have no body,
+    /metrics is text, the /v1 catch-all relays whatever vLLM answers, and (auth on) the
+    routes that need a key say so."""
+    comps = schema["components"]["schemas"]
+    if auth:
+        schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    for path, ops in schema["paths"].items():
+        shape = "TritonError" if path.startswith("/v2") else "OpenAIError"
+        for op in ops.values():
+            if auth and not is_open(path):
+                op["security"] = [{"bearer": []}]
+            responses = op.setdefault("responses", {})
+            if responses.pop("422", None) is not None and "400" not in responses:
+                responses["400"] = {
+                    "description": "invalid parameter",
+                    "content": {
+                        "application/json": {"schema": {"$ref": f"#/components/schemas/{shape}"}}
+                    },
+                }
+            if path in _STATUS_ONLY:
+                op["responses"] = {c: {"description": d} for c, d in _STATUS_ONLY[path].items()}
+            elif path in _TEXT:
+                op["responses"] = {
+                    c: {"description": d, "content": {"text/plain": {"schema": {"type": "string"}}}}
+                    for c, d in _TEXT[path].items()
+                }
+            elif path == "/v1/{rest}":
+                # vLLM's own answer, relayed unchanged (its errors may be FastAPI's
+                # {"detail": ...}); the gateway's own errors keep their documented shape.
+                for code in ("200", "400", "404"):
+                    responses.pop(code, None)
+                responses["default"] = {
+                    "description": "the upstream's answer, relayed unchanged",
+                    "content": {"application/json": {"schema": {}}},
+                }
+    for name in ("HTTPValidationError", "ValidationError"):
+        comps.pop(name, None)
+
+
+def _openapi(app: FastAPI, auth: bool) -> Callable[[], dict[str, Any]]:
     """The generated schema plus the request bodies the hot path parses by hand."""
 
     def build() -> dict[str, Any]:
@@ -91,6 +151,7 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
             js = model.model_json_schema(ref_template="#/components/schemas/{model}")
             comps.update(js.pop("$defs", {}))
             comps[model.__name__] = js
+        _describe_reality(schema, auth)
         app.openapi_schema = schema
         return schema
 
@@ -109,10 +170,12 @@ def create_app(
     if not config.auth.enabled:
         keys = None
     metrics_obj = GatewayMetrics() if config.metrics.enabled else None
-    limiter = InFlight(config.limits)
+    # Counters shared by the workers when `serve` started several (limits.py).
+    limiter = InFlight(config.limits, key_names(keys), path=os.environ.get(ENV_FILE))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        limiter.open()
         clients = {up.name: upstream_factory(up) for up in config.upstreams}
         registry = Registry.build(config, clients)
         state = GatewayState(
@@ -150,6 +213,7 @@ def create_app(
                 await grpc_server.stop(config.listen.graceful_shutdown_seconds)
             for client in clients.values():
                 await client.aclose()
+            limiter.close()
 
     app = FastAPI(
         title="gpuserve gateway",
@@ -172,7 +236,7 @@ def create_app(
         # The declared routes, in the app's order: the middleware labels by them.
         routes=[route for router in routers for route in router.routes],
     )
-    app.openapi = _openapi(app)  # type: ignore[method-assign]
+    app.openapi = _openapi(app, keys is not None)  # type: ignore[method-assign]
     return app
 
 

@@ -61,6 +61,8 @@ class GatewayMiddleware:
         self.metrics = metrics
         self.max_body = config.limits.max_body_bytes
         self.retry_after = str(config.limits.retry_after_seconds)
+        self.max_header_bytes = config.limits.max_header_bytes
+        self.max_headers = config.limits.max_headers
         self.access = config.logging.access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -72,7 +74,9 @@ class GatewayMiddleware:
         rid = None
         auth_header = None
         length = None
+        header_bytes = 0
         for name, value in scope["headers"]:
+            header_bytes += len(name) + len(value)
             if name == b"x-request-id":
                 rid = value.decode("latin-1")
             elif name == b"authorization":
@@ -96,6 +100,14 @@ class GatewayMiddleware:
 
         acquired: str | None = None
         try:
+            if len(scope["headers"]) > self.max_headers or header_bytes > self.max_header_bytes:
+                raise GatewayError(
+                    431,
+                    f"request headers are {len(scope['headers'])} fields, {header_bytes} bytes; "
+                    f"this server's limits: limits.max_headers = {self.max_headers}, "
+                    f"limits.max_header_bytes = {self.max_header_bytes}",
+                    code="headers_over_limit",
+                )
             if not is_open(path):
                 info.key = "anonymous"
                 if self.keys is not None:

@@ -5,6 +5,7 @@ Routers, the exception handlers (``main.py``) and the middleware answer through 
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -18,6 +19,14 @@ from .protocol import GatewayError
 from .serving.common import ProxyResult
 
 T = TypeVar("T")
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: any string a client sent (a lone surrogate
+    included) renders, so echoing client values can never fail the response."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 class RelayResponse(Response):
@@ -134,7 +143,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def json_response(data: Any, status: int = 200) -> Response:
-    return JSONResponse(data, status_code=status)
+    return SafeJSONResponse(data, status_code=status)
 
 
 def to_response(result: ProxyResult | dict[str, Any]) -> Response:
@@ -158,7 +167,9 @@ def error_body(path: str, err: GatewayError) -> dict[str, Any]:
 
 
 def error_response(path: str, err: GatewayError) -> Response:
-    return JSONResponse(error_body(path, err), status_code=err.status, headers=err.headers or None)
+    return SafeJSONResponse(
+        error_body(path, err), status_code=err.status, headers=err.headers or None
+    )
 
 
 async def relay(

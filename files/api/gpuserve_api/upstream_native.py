@@ -12,6 +12,7 @@ socket. Closing an unfinished response closes its connection, so vLLM aborts the
 from __future__ import annotations
 
 import asyncio
+import select
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
@@ -35,6 +36,22 @@ _HIGH_WATER = 512 * 1024
 _LOW_WATER = 64 * 1024
 
 
+def _stale(conn: _Conn) -> bool:
+    """An idle connection must have nothing to read: readable means the upstream closed
+    it (EOF) or sent bytes no request asked for. Checked before reuse, without waiting:
+    the event loop may not have run ``connection_lost`` yet."""
+    transport = conn.transport
+    if transport is None or transport.is_closing():
+        return True
+    sock = transport.get_extra_info("socket")
+    fd = sock.fileno() if sock is not None else -1
+    if fd < 0:
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 class _Conn(asyncio.Protocol):
     def __init__(self, owner: NativeUpstream) -> None:
         self.owner = owner
@@ -43,6 +60,8 @@ class _Conn(asyncio.Protocol):
         self.resp: _NativeResponse | None = None
         self.closed = False
         self.idle_since = 0.0
+        # Bytes received since the current request was written (0: no answer yet).
+        self.received = 0
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -50,6 +69,7 @@ class _Conn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self.received += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as err:
@@ -257,7 +277,7 @@ class NativeUpstream(UpstreamClient):
         now = time.monotonic()
         while self.idle:
             conn = self.idle.pop()
-            if not conn.closed and now - conn.idle_since < IDLE_EXPIRY_S:
+            if not conn.closed and now - conn.idle_since < IDLE_EXPIRY_S and not _stale(conn):
                 return conn
             conn.close()
         return None
@@ -275,30 +295,52 @@ class NativeUpstream(UpstreamClient):
     ) -> UpstreamResponse:
         if not path.startswith("/") or any(c in path for c in " \r\n") or not path.isascii():
             raise InvalidUpstreamRequest(f"invalid path {path!r}")
-        try:
-            await asyncio.wait_for(self.slots.acquire(), self.pool_timeout)
-        except TimeoutError:
-            raise UpstreamTimeout(self.name, "no free upstream connection") from None
-        conn = self._idle_conn()
-        if conn is None:
-            try:
-                conn = await self._connect()
-            except BaseException:
-                self.slots.release()
-                raise
         lines = [f"{method} {path} HTTP/1.1\r\nhost: {self.host_header}\r\n"]
         for k, v in headers.items():
             lines.append(f"{k}: {v}\r\n")
         if body is not None or method in ("POST", "PUT", "PATCH"):
             lines.append(f"content-length: {len(body or b'')}\r\n")
         lines.append("\r\n")
+        request = "".join(lines).encode("latin-1") + (body or b"")
+        resp = await self._attempt(request, reuse=True)
+        if resp is None:
+            # A kept-alive connection the upstream had closed (uvicorn closes one after
+            # an unhandled error, or when idle) answered nothing: the request never
+            # reached the app, so it is sent once more, on a new connection.
+            resp = await self._attempt(request, reuse=False)
+            assert resp is not None
+        return resp
+
+    async def _attempt(self, request: bytes, reuse: bool) -> _NativeResponse | None:
+        """Send on a pooled (``reuse``) or new connection; return once the head arrived.
+        None: the pooled connection was closed before any byte of an answer came."""
+        try:
+            await asyncio.wait_for(self.slots.acquire(), self.pool_timeout)
+        except TimeoutError:
+            raise UpstreamTimeout(self.name, "no free upstream connection") from None
+        conn = self._idle_conn() if reuse else None
+        reused = conn is not None
+        if conn is None:
+            try:
+                conn = await self._connect()
+            except BaseException:
+                self.slots.release()
+                raise
         resp = _NativeResponse(conn, self.read_timeout)
         conn.resp = resp
+        conn.received = 0
         conn.parser = httptools.HttpResponseParser(conn)
         assert conn.transport is not None
-        conn.transport.write("".join(lines).encode("latin-1") + (body or b""))
+        conn.transport.write(request)
+        if conn.closed:
+            resp._fail(UpstreamUnavailable(self.name, "upstream closed the connection"))
         try:
             await resp.wait_head()
+        except UpstreamUnavailable:
+            await resp.aclose()
+            if reused and conn.received == 0:
+                return None
+            raise
         except BaseException:
             await resp.aclose()
             raise

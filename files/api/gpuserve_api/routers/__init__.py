@@ -6,9 +6,14 @@ Routers stay thin: read the request, call the serving layer, answer through
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.routing import BaseRoute, Match
+
+from ..protocol import GatewayError
 
 
 def error_responses(
@@ -29,3 +34,19 @@ def body_schema(model: type[BaseModel]) -> dict[str, Any]:
             },
         }
     }
+
+
+def refuse_other_methods(request: Request, routes: Sequence[BaseRoute]) -> None:
+    """405 with ``Allow`` when the path belongs to one of ``routes`` declared for other
+    methods (a catch-all route would otherwise take it)."""
+    allowed: set[str] = set()
+    for route in routes:
+        match, _ = route.matches(request.scope)
+        if match is Match.PARTIAL:
+            allowed |= getattr(route, "methods", None) or set()
+    if allowed:
+        raise GatewayError(
+            405,
+            f"Method Not Allowed: {request.method} (allowed: {', '.join(sorted(allowed))})",
+            headers={"Allow": ", ".join(sorted(allowed))},
+        )

@@ -9,7 +9,7 @@ from ..deps import GatewayState, Info, State
 from ..protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, OpenAIError
 from ..responses import json_response, read_body, relay
 from ..route_labels import route_label
-from . import body_schema, error_responses
+from . import body_schema, error_responses, refuse_other_methods
 
 router = APIRouter(tags=["openai"])
 
@@ -19,6 +19,7 @@ _ERRORS = error_responses(
         400: "malformed JSON, bad field type, max_tokens/n over the cap",
         401: "missing or invalid API key",
         404: "unknown model",
+        405: "method not allowed on this path (Allow lists the allowed ones)",
         413: "body or prompt over the cap",
         429: "too many requests in flight (Retry-After)",
         503: "upstream unavailable",
@@ -33,8 +34,9 @@ async def _proxy(
     raw = await read_body(request, state.config.limits.max_body_bytes)
     query = request.scope.get("query_string", b"").decode("latin-1")
     target = path + (f"?{query}" if query else "")
+    route = request.url.path
     return await relay(
-        request, info, state.openai.proxy(request.method, target, raw, info, need_model)
+        request, info, state.openai.proxy(request.method, route, target, raw, info, need_model)
     )
 
 
@@ -87,6 +89,7 @@ async def get_model(model_id: str, state: State, info: Info) -> Response:
 )
 @route_label("/v1/*")
 async def passthrough(rest: str, request: Request, state: State, info: Info) -> Response:
+    refuse_other_methods(request, router.routes)
     # The path exactly as the client encoded it (percent-escapes kept).
     raw_path = request.scope.get("raw_path") or request.url.path.encode()
     return await _proxy(request, state, info, raw_path.decode("latin-1"), need_model=False)

@@ -22,19 +22,31 @@ from ..upstream import (
     UpstreamTimeout,
 )
 from .common import (
+    CHAT,
+    COMPLETIONS,
+    OTHER,
+    RESPONSES,
+    LengthFields,
     ProxyResult,
     Registry,
-    check_caps,
+    effective_caps,
     note_usage,
     parse_json_object,
     prompt_chars,
     read_and_close,
+    shown,
     upstream_error,
 )
 
 log = logging.getLogger("gpuserve.gateway")
 
 _PASS_RESPONSE_HEADERS = ("content-type", "content-encoding", "cache-control")
+# The routes that generate, by path (decoded, as vLLM will route it).
+_GENERATING: dict[str, LengthFields] = {
+    "/v1/completions": COMPLETIONS,
+    "/v1/chat/completions": CHAT,
+    "/v1/responses": RESPONSES,
+}
 
 
 class OpenAIServing:
@@ -54,9 +66,10 @@ class OpenAIServing:
         }
 
     async def proxy(
-        self, method: str, path: str, raw: bytes, info: RequestInfo, need_model: bool
+        self, method: str, route: str, path: str, raw: bytes, info: RequestInfo, need_model: bool
     ) -> ProxyResult:
-        """Validate, route by ``model`` and forward ``raw`` (rewritten only for aliases)."""
+        """Validate, route by ``model`` and forward ``raw`` to ``path`` (rewritten only for
+        aliases and for caps that apply to absent fields). ``route``: the decoded path."""
         if need_model and not raw:
             raise GatewayError(
                 400, "request body is empty: a JSON object is required", code="invalid_json"
@@ -74,9 +87,13 @@ class OpenAIServing:
         canonical, upstream = self.registry.resolve(model)
         info.model = canonical
         if body is not None:
-            check_caps(body, self.config.limits, prompt_chars(body))
-            if canonical != model:
-                body["model"] = canonical
+            length = _GENERATING.get(route.rstrip("/"), OTHER)
+            context = None
+            if length.default is None and all(body.get(n) is None for n in length.names):
+                context = await self.registry.context_len(canonical, info.request_id)
+            added = effective_caps(body, self.config.limits, length, prompt_chars(body), context)
+            if canonical != model or added:
+                body.update(added, model=canonical)
                 raw = json.dumps(body, separators=(",", ":")).encode()
             if self.log_prompts:
                 info.extra["prompt"] = body.get("prompt", body.get("messages"))
@@ -151,16 +168,51 @@ class OpenAIServing:
                 info.extra["completion"] = _sse_texts(b"".join(texts))
 
     async def model(self, model_id: str, info: RequestInfo) -> dict[str, Any]:
-        """One card of ``/v1/models`` (aliases included)."""
-        for card in (await self.models(info))["data"]:
+        """One card of ``/v1/models`` (aliases included); 503 while the upstream that
+        serves it is down (the model exists, it is just not available now)."""
+        data, down = await self._cards(info)
+        for card in data:
             if card.get("id") == model_id:
                 return card
+        canonical = self.registry.names.get(model_id)
+        if canonical is not None and canonical in down:
+            info.model = canonical
+            info.upstream_error = "unavailable"
+            raise GatewayError(
+                503,
+                f"upstream for model `{shown(model_id)}` is unavailable",
+                "service_unavailable_error",
+                "upstream_unavailable",
+            )
         raise GatewayError(
-            404, f"The model `{model_id}` does not exist.", code="model_not_found", param="model"
+            404,
+            f"The model `{shown(model_id)}` does not exist.",
+            code="model_not_found",
+            param="model",
         )
 
     async def models(self, info: RequestInfo) -> dict[str, Any]:
         """``/v1/models`` merged over every upstream (aliases listed too)."""
+        data, down = await self._cards(info)
+        if down and not data:
+            info.upstream_error = "unavailable"
+            raise GatewayError(
+                503,
+                "no upstream answered /v1/models",
+                "service_unavailable_error",
+                "upstream_unavailable",
+            )
+        if down:
+            log.warning(
+                "upstreams missing from /v1/models: %s",
+                ", ".join(down),
+                extra={"fields": {"request_id": info.request_id}},
+            )
+        return {"object": "list", "data": data}
+
+    async def _cards(self, info: RequestInfo) -> tuple[list[dict[str, Any]], list[str]]:
+        """Every upstream's model cards plus alias cards, and the upstreams that did not
+        answer."""
 
         async def one(name: str, up: UpstreamClient) -> list[dict[str, Any]] | None:
             try:
@@ -188,24 +240,10 @@ class OpenAIServing:
                 card = dict(base) if base else {"object": "model", "owned_by": "vllm"}
                 card.update(id=alias, root=name)
                 data.append(card)
-        if down and not data:
-            info.upstream_error = "unavailable"
-            raise GatewayError(
-                503,
-                "no upstream answered /v1/models",
-                "service_unavailable_error",
-                "upstream_unavailable",
-            )
-        if down:
-            log.warning(
-                "upstreams missing from /v1/models: %s",
-                ", ".join(down),
-                extra={"fields": {"request_id": info.request_id}},
-            )
         unique: dict[str, dict[str, Any]] = {}
         for card in data:  # an upstream may list an alias itself (--served-model-name a b)
             unique.setdefault(str(card.get("id")), card)
-        return {"object": "list", "data": list(unique.values())}
+        return list(unique.values()), down
 
 
 def _usage_from_tail(tail: deque[bytes]) -> dict[str, Any] | None:

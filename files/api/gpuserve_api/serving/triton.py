@@ -17,9 +17,11 @@ from ..context import RequestInfo
 from ..protocol import GatewayError
 from ..upstream import UpstreamClient, UpstreamFailure, UpstreamResponse
 from .common import (
+    TRITON,
     ProxyResult,
     Registry,
-    check_caps,
+    effective_caps,
+    loads_strict,
     note_usage,
     parse_json_object,
     read_and_close,
@@ -252,10 +254,12 @@ class TritonServing:
     @staticmethod
     def _sampling_json(text: str) -> Any:
         try:
-            return json.loads(text)
-        except ValueError:
+            return loads_strict(text)
+        except GatewayError as err:
             raise GatewayError(
-                400, "`sampling_parameters` is not valid JSON", param="sampling_parameters"
+                400,
+                f"`sampling_parameters` is not valid JSON ({err.message})",
+                param="sampling_parameters",
             ) from None
 
     def build(
@@ -281,7 +285,7 @@ class TritonServing:
                 )
         if isinstance(sampling.get("n"), int) and sampling["n"] != 1:
             raise GatewayError(400, "parameter `n` must be 1 on the Triton endpoints", param="n")
-        check_caps(sampling, self.config.limits, len(text))
+        sampling.update(effective_caps(sampling, self.config.limits, TRITON, len(text)))
         exclude = control.get("exclude_input_in_output")
         # Triton's vLLM backend never prepends the prompt to streamed output and
         # refuses an explicit false there (vllm_backend src/utils/request.py).
