@@ -11,7 +11,6 @@ import re
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -178,24 +177,7 @@ class GatewayMiddleware:
             self.metrics.observe(info, start, end, first)
         if not self.access or (path in _QUIET and info.status < 400):
             return
-        fields: dict[str, Any] = {
-            "request_id": info.request_id,
-            "method": scope["method"],
-            "client": (scope.get("client") or ("-",))[0],
-            "path": path,
-            "route": info.route,
-            "model": info.model,
-            "key": info.key,
-            "status": info.status,
-            "duration_ms": round((end - start) * 1000, 3),
-            "ttfb_ms": round((first - start) * 1000, 3) if first is not None else None,
-            "prompt_tokens": info.prompt_tokens,
-            "completion_tokens": info.completion_tokens,
-            "chunks": info.chunks,
-        }
-        if info.upstream_error:
-            fields["upstream_error"] = info.upstream_error
-        if info.error:
-            fields["error"] = info.error
+        fields = info.access_fields(scope["method"], path, start, end, first)
+        fields["client"] = (scope.get("client") or ("-",))[0]
         fields.update(info.extra)
         access_log.info("request", extra={"fields": fields})

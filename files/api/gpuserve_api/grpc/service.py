@@ -124,24 +124,8 @@ class InferenceService:
             self.metrics.observe(info, start, end, first)
         if not self.access or (info.route.removeprefix("grpc/") in _OPEN and info.status < 400):
             return
-        fields: dict[str, Any] = {
-            "request_id": info.request_id,
-            "method": "GRPC",
-            "path": f"/{SERVICE}/{info.route.removeprefix('grpc/')}",
-            "route": info.route,
-            "model": info.model,
-            "key": info.key,
-            "status": info.status,
-            "duration_ms": round((end - start) * 1000, 3),
-            "ttfb_ms": round((first - start) * 1000, 3) if first is not None else None,
-            "prompt_tokens": info.prompt_tokens,
-            "completion_tokens": info.completion_tokens,
-            "chunks": info.chunks,
-        }
-        if info.upstream_error:
-            fields["upstream_error"] = info.upstream_error
-        if info.error:
-            fields["error"] = info.error
+        path = f"/{SERVICE}/{info.route.removeprefix('grpc/')}"
+        fields = info.access_fields("GRPC", path, start, end, first)
         access_log.info("request", extra={"fields": fields})
 
     async def _unary(
