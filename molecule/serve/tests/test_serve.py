@@ -293,9 +293,9 @@ print("OK", resp.id, raw[4:].decode())
 
 def test_triton_grpc_infer_through_nginx_over_tls(host):
     python = "/opt/gpuserve/api-venv/bin/python"
-    ok = host.check_output(python + " -c %s %s %s", GRPC_INFER, KEY, CA)
+    ok = host.check_output(python + " -c %s %s %s", GRPC_INFER, KEY, ca(host))
     assert ok.startswith("OK tls-1 hello "), ok  # the prompt, then the generated text
-    refused = host.check_output(python + " -c %s %s %s", GRPC_INFER, "", CA)
+    refused = host.check_output(python + " -c %s %s %s", GRPC_INFER, "", ca(host))
     assert refused == "ERROR UNAUTHENTICATED"
 
 
