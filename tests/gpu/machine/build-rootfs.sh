@@ -17,7 +17,7 @@
 # Output: DEST/rootfs.tar.xz cut into pieces of at most 58 MiB (DEST/r1, r2, ...), each
 # folder small enough to travel with one device call, and DEST/rootfs.sha256.
 #
-#   tests/gpu/machine/build-rootfs.sh [DEST]     (default .gpucarry-machine; ~5 min)
+#   tests/gpu/machine/build-rootfs.sh [DEST]     (default .gpucarry-machine; 23 min on a busy 2-core machine, mostly xz)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../../.." && pwd)"
 dest="${1:-$root/.gpucarry-machine}"
