@@ -22,7 +22,9 @@ def _venv_path() -> str:
 
 @pytest.fixture
 def run_playbook(tmp_path: Path) -> Callable[..., PlaybookRun]:
-    def run(playbook: str, extravars: dict[str, Any] | None = None, tags: str = "") -> PlaybookRun:
+    def run(
+        playbook: str, extravars: dict[str, Any] | None = None, tags: str = "", skip_tags: str = ""
+    ) -> PlaybookRun:
         (tmp_path / "runner").mkdir(exist_ok=True)
         runner = ansible_runner.run(
             private_data_dir=str(tmp_path / "runner"),
@@ -31,6 +33,7 @@ def run_playbook(tmp_path: Path) -> Callable[..., PlaybookRun]:
             inventory=str(ROOT / "inventories" / "local" / "hosts.yml"),
             extravars=extravars or {},
             tags=tags or None,
+            skip_tags=skip_tags or None,
             envvars={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "PATH": _venv_path()},
             quiet=True,
         )

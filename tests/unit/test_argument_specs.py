@@ -59,7 +59,7 @@ def _yaml_sources() -> list[tuple[str, Any]]:
         *sorted(ROOT.glob("roles/*/defaults/main.yml")),
         *sorted(ROOT.glob("molecule/*/molecule.yml")),
         *sorted(p for p in ROOT.glob("inventories/**/*") if p.suffix in {".yml", ".example"}),
-        ROOT / "tests/gpu/machine/inventory.yml",
+        *sorted(ROOT.glob("tests/gpu/*/inventory.yml")),
     ]
     out += [(str(p.relative_to(ROOT)), yaml.safe_load(p.read_text())) for p in files]
     for path in [*sorted(ROOT.glob("docs/*.md")), *sorted(ROOT.glob("roles/*/README.md"))]:

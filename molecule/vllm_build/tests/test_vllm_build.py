@@ -144,6 +144,18 @@ def test_builder_built_the_wheel_once_with_the_build_env():
     assert host.file(f"{WORK}/logs/build.rc").content_string.strip() == "0"
 
 
+def test_setup_py_of_the_real_sdist_no_longer_requests_flash_attention_3():
+    # vllm_build_skip_unused_fa3 with TORCH_CUDA_ARCH_LIST=12.0 (no 9.x arch): the edit must
+    # match 0.11.0's own setup.py, where the append spans two lines.
+    m = _manifest(BUILDER)
+    setup = _host(BUILDER).file(f"{WORK}/src/{m['key']}/setup.py").content_string
+    assert "pass  # gpuserve vllm_build: no FA3, no 9.x arch in TORCH_CUDA_ARCH_LIST=12.0" in setup
+    assert '_vllm_fa3_C"))' not in setup
+    assert 'ext_modules.append(CMakeExtension(name="vllm.vllm_flash_attn._vllm_fa2_C"))' in setup
+    assert m["key_parts"]["flash_attention_3"] == "skipped"
+    assert m["build"]["flash_attention_3"].startswith("skipped: setup.py does not request")
+
+
 def test_use_existing_torch_stripped_the_torch_pins():
     m = _manifest(BUILDER)
     build_txt = _host(BUILDER).file(f"{WORK}/src/{m['key']}/requirements/build.txt")

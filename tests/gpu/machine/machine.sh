@@ -14,7 +14,7 @@
 #     /opt/vllm-kit/venv (vllm_service_venv in tests/gpu/machine/inventory.yml).
 # What cannot work there: loading kernel modules (the host's driver is loaded already:
 # nvidia-devices skips modules that are loaded), rebooting, the driver/CUDA roles (the host's
-# driver is fixed) and the vLLM source build (issue 15: it does not fit a lease).
+# driver is fixed). The vLLM source build runs on the host itself (tests/gpu/build/host.sh).
 #
 #   machine.sh stage-rootfs DIR...  copy rootfs pieces (.gpucarry-machine/rN) to the host
 #   machine.sh assemble             check and unpack the root, add the driver's libraries
