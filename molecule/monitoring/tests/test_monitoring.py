@@ -196,12 +196,31 @@ def test_scrape_port_answers_the_monitoring_host_only(host, gpu):
     )
     assert from_elsewhere.stdout == "403"
     conf = gpu.file("/etc/nginx/conf.d/gpuserve-metrics.conf").content_string
-    allowed = re.findall(r"^\s*allow (\S+);", conf, re.M)
+    geo = re.search(r"geo \$gpuserve_metrics_client_allowed \{(.*?)\}", conf, re.S)
+    assert geo, conf
+    allowed = re.findall(r"^\s*(\S+) 1;", geo.group(1), re.M)
     monitoring_ip = host.ansible("setup", "filter=ansible_default_ipv4")["ansible_facts"][
         "ansible_default_ipv4"
     ]["address"]
     assert sorted(allowed) == sorted(["127.0.0.1", "::1", monitoring_ip])
-    assert re.search(r"^\s*deny all;", conf, re.M)
+    assert re.search(r"^\s*default 0;", geo.group(1), re.M)
+
+
+@pytest.mark.parametrize("path", ["/", "/nope", "/metrics/vllm/unknown", "/metrics/node"])
+def test_scrape_port_refuses_other_addresses_before_any_answer(gpu, path):
+    # Issue 18: the 404 of an unknown path listed every metrics path (model names) to any
+    # address; the allowlist now answers first, for every path, with a bare 403.
+    address = gpu_address(gpu)
+    out = gpu.run(f"curl -s -w ' %{{http_code}}' http://{address}:9180{path}").stdout
+    assert out.endswith(" 403"), out
+    assert MODEL not in out, out
+    assert "/metrics/" not in out, out
+
+
+def test_scrape_port_lists_its_paths_to_the_monitoring_host(host, gpu):
+    out = host.run(f"curl -s -w ' %{{http_code}}' http://{gpu_address(gpu)}:9180/nope").stdout
+    assert out.endswith(" 404"), out
+    assert "/metrics/node" in out, out
 
 
 @pytest.mark.parametrize(("port", "what"), [(9100, "node exporter"), (9835, "NVML exporter")])

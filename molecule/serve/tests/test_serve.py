@@ -356,6 +356,16 @@ def test_plain_http_redirects_to_https(host):
     assert out.startswith("301 https://")
 
 
+def test_the_redirect_goes_to_a_configured_name_only(host):
+    # Issue 18: the redirect echoed any Host header into Location. A configured name is kept,
+    # anything else goes to the first configured name (the host's fqdn by default).
+    fqdn = host.ansible("setup", "filter=ansible_fqdn")["ansible_facts"]["ansible_fqdn"].lower()
+    curl = "curl -sS -o /dev/null -w '%{redirect_url}' -H 'Host: {}' http://127.0.0.1/v1/models?x=1"
+    forged = host.check_output(curl.replace("{}", "evil.example"))
+    assert forged == f"https://{fqdn}/v1/models?x=1"
+    assert host.check_output(curl.replace("{}", "LOCALHOST")) == "https://localhost/v1/models?x=1"
+
+
 def test_tls_below_1_2_is_refused(host):
     old = host.run(
         f"curl -sS --cacert {ca(host)} --tlsv1.1 --tls-max 1.1 -o /dev/null {BASE}/health"
