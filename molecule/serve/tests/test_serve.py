@@ -353,7 +353,13 @@ def test_body_over_the_nginx_limit_is_413(host):
         "@/tmp/big.txt",
     )
     assert status == 413
-    assert json.loads(body)["error"]["code"] == 413
+    # The gateway's error shape and its string code for the same limit (issue 18).
+    assert json.loads(body)["error"] == {
+        "message": json.loads(body)["error"]["message"],
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "body_over_limit",
+    }
 
 
 def test_nginx_serves_the_certificate_of_its_tls_mode(host):
@@ -384,6 +390,16 @@ def test_plain_http_redirects_to_https(host):
     assert out.startswith("301 https://")
 
 
+def test_plain_http_on_the_tls_port_is_a_json_400(host):
+    status, body = curl(
+        host, "/v1/models", base=f"http://127.0.0.1:{NGINX_DEFAULTS['nginx_proxy_https_port']}"
+    )
+    assert status == 400
+    error = json.loads(body)["error"]
+    assert error["code"] == "plain_http_to_https_port"
+    assert error["type"] == "invalid_request_error"
+
+
 def test_tls_below_1_2_is_refused(host):
     old = host.run(
         f"curl -sS --cacert {ca(host)} --tlsv1.1 --tls-max 1.1 -o /dev/null {BASE}/health"
@@ -401,8 +417,9 @@ def test_metrics_are_served_to_loopback_only(host):
     assert status == 200
     assert "gpuserve" in body
     ip = host.check_output("hostname -I").split()[0]
-    status, _ = curl(host, "/metrics", "--resolve", f"localhost:443:{ip}", key=None)
+    status, body = curl(host, "/metrics", "--resolve", f"localhost:443:{ip}", key=None)
     assert status == 403
+    assert json.loads(body)["error"]["code"] == "forbidden"
 
 
 def test_access_log_is_json_with_the_request_id(host):
@@ -414,6 +431,10 @@ def test_access_log_is_json_with_the_request_id(host):
     assert entry["request_id"] == rid
     assert entry["status"] == 200
     assert entry["tls"].startswith("TLS")
+    # The upstream's status and whether nginx finished the response (issue 18).
+    assert entry["upstream_status"] == "200"
+    assert entry["completion"] == "OK"
+    assert int(entry["upstream_bytes_received"]) > 0
 
 
 def test_rate_limit_answers_429_above_the_limit(host):
@@ -476,5 +497,33 @@ def test_killed_model_restarts_and_ready_recovers(host):
             status, _ = curl(host, "/ready", key=None)
             if status == 200:
                 break
+        time.sleep(1)
+    assert status == 200, journal(host, unit)
+
+
+# Last: it stops the gateway (and starts it again).
+def test_gateway_down_is_a_503_that_says_503(host):
+    unit = "gpuserve-gateway.service"
+    host.check_output(f"systemctl stop {unit}")
+    try:
+        rid = f"testinfra-down-{time.time_ns()}"
+        status, body = curl(host, "/v1/models", "-H", f"'X-Request-ID: {rid}'")
+        assert status == 503
+        assert json.loads(body)["error"] == {
+            "message": "the gateway is not reachable through nginx; try again",
+            "type": "service_unavailable_error",
+            "param": None,
+            "code": "upstream_unavailable",
+        }
+        line = host.check_output(f"grep -h '{rid}' {NGINX_DEFAULTS['nginx_proxy_access_log']}")
+        entry = json.loads(line.splitlines()[-1])
+        assert entry["status"] == 503
+        assert entry["upstream_status"].startswith("502"), entry
+    finally:
+        host.check_output(f"systemctl start {unit}")
+    deadline = time.time() + 60
+    status = 0
+    while time.time() < deadline and status != 200:
+        status, _ = curl(host, "/ready", key=None)
         time.sleep(1)
     assert status == 200, journal(host, unit)
