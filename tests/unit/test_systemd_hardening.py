@@ -22,12 +22,15 @@ assert spec.loader
 sh = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(sh)
 
-# The long-running services gpuserve writes units for (the oneshot device unit has no
+# The long-running services gpuserve writes units or drop-ins for (the oneshot device unit has no
 # hardening: it runs as root to load kernel modules).
 HARDENED_UNITS = [
     "roles/gateway/templates/gpuserve-gateway.service.j2",
     "roles/vllm_service/templates/vllm@.service.j2",
     "roles/monitoring/templates/gpuserve-nvml-exporter.service.j2",
+    # Drop-ins for the distribution's units these roles configure.
+    "roles/nginx_proxy/templates/nginx-hardening.conf.j2",
+    "roles/monitoring/templates/prometheus-node-exporter-hardening.conf.j2",
 ]
 
 

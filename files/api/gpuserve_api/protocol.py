@@ -32,6 +32,30 @@ class TritonError(BaseModel):
     error: str
 
 
+# The `code` of an error that names none, by status: every error the gateway or nginx
+# answers itself carries a string code (stream error events too), so clients see one type.
+# nginx_proxy's own answers use the same names (roles/nginx_proxy/templates/nginx.conf.j2).
+STATUS_CODES: dict[int, str] = {
+    400: "invalid_request",
+    401: "invalid_api_key",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_over_limit",
+    429: "too_many_requests",
+    431: "headers_over_limit",
+    500: "internal_error",
+    502: "upstream_error",
+    503: "upstream_unavailable",
+    504: "upstream_timeout",
+}
+
+
+def status_code_name(status: int) -> str:
+    """The string `code` for an HTTP status (``http_<status>`` for one not listed)."""
+    return STATUS_CODES.get(status, f"http_{status}")
+
+
 class GatewayError(Exception):
     """An error the gateway answers itself; routers turn it into a response."""
 
@@ -58,7 +82,7 @@ class GatewayError(Exception):
                 "message": self.message,
                 "type": self.err_type,
                 "param": self.param,
-                "code": self.code if self.code is not None else self.status,
+                "code": self.code if self.code is not None else status_code_name(self.status),
             }
         }
 

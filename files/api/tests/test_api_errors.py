@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import time
@@ -318,3 +319,39 @@ def test_gateway_reaches_upstream_over_unix_socket(workdir: Path, tmp_path: Path
     finally:
         gw.stop()
         sim.stop()
+
+
+def test_stream_cut_by_a_killed_upstream_ends_with_the_same_string_code(workdir: Path) -> None:
+    # issue 18: one `code` type across stream and non-stream errors.
+    sim = start_sim(workdir, model=MODEL, ttft_ms=0, itl_ms=50)
+    gw = start_gateway(workdir, {"upstreams": [{"name": MODEL, "base_url": sim.url}]})
+    try:
+        body = {"model": MODEL, "prompt": "x", "max_tokens": 200, "stream": True}
+        events: list[str] = []
+        with httpx.stream("POST", gw.url + "/v1/completions", json=body, timeout=10) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:])
+                    if len(events) == 3:
+                        sim.popen.kill()
+        last = json.loads(events[-1])
+        assert last["error"]["code"] == "upstream_unavailable", events[-3:]
+        assert last["error"]["type"] == "service_unavailable_error"
+        # The non-stream answer while the upstream is down has the same code, and a string.
+        r = httpx.post(gw.url + "/v1/completions", json={"model": MODEL, "prompt": "x"})
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "upstream_unavailable"
+    finally:
+        gw.stop()
+        sim.stop()
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [("/nope", 404, "not_found"), ("/v1/models", 405, "method_not_allowed")],
+)
+def test_errors_without_a_named_code_get_a_string_code(gateway: Proc, path, status, code) -> None:
+    r = httpx.request("DELETE" if status == 405 else "GET", gateway.url + path, headers=AUTH)
+    assert r.status_code == status
+    assert r.json()["error"]["code"] == code

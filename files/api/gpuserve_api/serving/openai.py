@@ -143,15 +143,15 @@ class OpenAIServing:
                     texts.append(chunk)
                 yield chunk
         except UpstreamFailure as err:
-            info.upstream_error = (
-                "broken_stream" if not isinstance(err, UpstreamTimeout) else ("timeout")
-            )
+            timeout = isinstance(err, UpstreamTimeout)
+            info.upstream_error = "timeout" if timeout else "broken_stream"
+            # The same types and string codes as the non-stream 503/504 answers.
             msg = {
                 "error": {
                     "message": f"upstream stream for model `{info.model}` failed: {err.kind}",
-                    "type": "service_unavailable_error",
+                    "type": "timeout_error" if timeout else "service_unavailable_error",
                     "param": None,
-                    "code": 503 if err.kind != "timeout" else 504,
+                    "code": "upstream_timeout" if timeout else "upstream_unavailable",
                 }
             }
             yield b"data: " + json.dumps(msg).encode() + b"\n\n"
