@@ -82,10 +82,11 @@ def _role_default(facts: dict[str, Any], **overrides: Any) -> int:
 
 
 def test_role_default_uses_the_hosts_cores() -> None:
-    assert _role_default({"processor_vcpus": 16}) == 5
+    # ceil(50,000 / (11,000 * 0.5)) = 10, at most half the cores
+    assert _role_default({"processor_vcpus": 16}) == 8
     assert _role_default({"processor_vcpus": 4}) == 2
-    assert _role_default({"processor_nproc": 64}) == 5
-    assert _role_default({"processor_vcpus": 64}, gateway_peak_tokens_per_s=200_000) == 20
+    assert _role_default({"processor_nproc": 64}) == 10
+    assert _role_default({"processor_vcpus": 64}, gateway_peak_tokens_per_s=200_000) == 32
 
 
 def test_role_default_without_facts() -> None:
