@@ -235,6 +235,7 @@ def create_app(
         metrics=metrics_obj,
         # The declared routes, in the app's order: the middleware labels by them.
         routes=[route for router in routers for route in router.routes],
+        fast_routes=openai.FAST_ROUTES,
     )
     app.openapi = _openapi(app, keys is not None)  # type: ignore[method-assign]
     return app

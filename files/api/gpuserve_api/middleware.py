@@ -10,8 +10,11 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -24,6 +27,9 @@ from .metrics import GatewayMetrics
 from .protocol import GatewayError
 from .responses import error_response
 from .route_labels import label_for
+
+# A streaming route served straight from the middleware: (request, gateway state, info).
+FastRoute = Callable[[Request, Any, RequestInfo], Awaitable[Response]]
 
 log = logging.getLogger("gpuserve.gateway")
 access_log = logging.getLogger(ACCESS)
@@ -51,9 +57,13 @@ class GatewayMiddleware:
         limiter: InFlight,
         metrics: GatewayMetrics | None,
         routes: Sequence[BaseRoute],
+        fast_routes: Mapping[str, tuple[str, FastRoute]] | None = None,
     ) -> None:
         self.app = app
         self.routes = routes
+        # POST path -> (route label, handler): the generating OpenAI routes skip FastAPI's
+        # routing, dependency solving and exception-middleware wrappers (docs/performance.md).
+        self.fast_routes = dict(fast_routes or {})
         self.config = config
         self.keys = keys
         self.limiter = limiter
@@ -84,7 +94,9 @@ class GatewayMiddleware:
                 length = value
         if rid is None or not _RID.match(rid):
             rid = uuid.uuid4().hex
-        info = RequestInfo(request_id=rid, route=label_for(self.routes, scope))
+        fast = self.fast_routes.get(path) if scope["method"] == "POST" else None
+        label = fast[0] if fast is not None else label_for(self.routes, scope)
+        info = RequestInfo(request_id=rid, route=label)
         scope.setdefault("state", {})["gw_info"] = info
         rid_header = (b"x-request-id", rid.encode())
         first_byte: list[float] = []
@@ -146,7 +158,12 @@ class GatewayMiddleware:
                 acquired = info.key
                 if self.metrics:
                     self.metrics.in_flight.inc()
-            await self.app(scope, receive, send_wrapper)
+            if fast is not None:
+                request = Request(scope, receive)
+                response = await fast[1](request, scope["app"].state.gw, info)
+                await response(scope, receive, send_wrapper)
+            else:
+                await self.app(scope, receive, send_wrapper)
         except GatewayError as err:
             info.error = err.message
             await error_response(path, err)(scope, receive, send_wrapper)

@@ -5,6 +5,7 @@ Routers, the exception handlers (``main.py``) and the middleware answer through 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -52,16 +53,7 @@ class RelayResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stream = self.stream
         try:
-            async with anyio.create_task_group() as tg:
-
-                async def watch() -> None:
-                    while True:
-                        message = await receive()
-                        if message["type"] == "http.disconnect":
-                            tg.cancel_scope.cancel()
-                            return
-
-                tg.start_soon(watch, name="disconnect-watch")
+            async with _DisconnectGuard(receive):
                 try:
                     await send(
                         {
@@ -75,7 +67,6 @@ class RelayResponse(Response):
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                 except OSError:
                     pass  # the client went away: treated like a disconnect
-                tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 aclose = getattr(stream, "aclose", None)
@@ -83,6 +74,55 @@ class RelayResponse(Response):
                     await aclose()
                 if self.close is not None:
                     await self.close()
+
+
+class _DisconnectGuard:
+    """Cancel the current task's work inside ``async with`` when the client disconnects.
+
+    One plain asyncio task reads ``receive`` meanwhile; the cancellation it causes is
+    absorbed at the end of the block (``gone`` says it happened), any other propagates.
+    Plain asyncio, not an anyio task group: this runs once or twice per request on the
+    hot path, and the task group cost several times more (docs/performance.md).
+    """
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.gone = False
+        self.active = False
+        self.task: asyncio.Task[Any] | None = None
+        self.watcher: asyncio.Task[None] | None = None
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                if self.active and self.task is not None:
+                    self.gone = True
+                    self.task.cancel()
+                return
+
+    async def __aenter__(self) -> _DisconnectGuard:
+        self.task = asyncio.current_task()
+        self.active = True
+        self.watcher = asyncio.ensure_future(self._watch())
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, err: object, tb: object) -> bool:
+        self.active = False
+        if self.watcher is not None:
+            self.watcher.cancel()
+        if not self.gone or self.task is None:
+            return False
+        if kind is None:
+            # The block ended before the cancellation reached it: take it here.
+            try:
+                await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                kind = asyncio.CancelledError
+        uncancel = getattr(self.task, "uncancel", None)  # Python >= 3.11
+        others = uncancel() if uncancel is not None else 0
+        # Swallow only the cancellation this guard caused.
+        return kind is asyncio.CancelledError and others == 0
 
 
 class ClientGone(Exception):
@@ -94,33 +134,9 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
 
     Raises ``ClientGone`` in that case. Streams watch for themselves (RelayResponse).
     """
-    gone = False
-    result: list[T] = []
-    error: Exception | None = None
-    async with anyio.create_task_group() as tg:
-
-        async def watch() -> None:
-            nonlocal gone
-            while True:
-                message = await request.receive()
-                if message["type"] == "http.disconnect":
-                    gone = True
-                    tg.cancel_scope.cancel()
-                    return
-
-        tg.start_soon(watch, name="disconnect-watch")
-        try:
-            result.append(await work)
-        except Exception as err:  # raised as itself below, not as an ExceptionGroup
-            error = err
-        tg.cancel_scope.cancel()
-    if gone:
-        raise ClientGone
-    if error is not None:
-        raise error
-    if not result:
-        raise ClientGone
-    return result[0]
+    async with _DisconnectGuard(request.receive):
+        return await work
+    raise ClientGone
 
 
 async def read_body(request: Request, limit: int) -> bytes:

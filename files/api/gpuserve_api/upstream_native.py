@@ -140,6 +140,8 @@ class _NativeResponse(UpstreamResponse):
         self.keep_alive = False
         self.error: UpstreamFailure | None = None
         self.waiter: asyncio.Future[None] | None = None
+        self.wait_started = 0.0
+        self.timer: asyncio.TimerHandle | None = None
         self.released = False
 
     # called by the protocol
@@ -165,6 +167,7 @@ class _NativeResponse(UpstreamResponse):
 
     def _finish(self) -> None:
         self.complete = True
+        self._cancel_timer()
         self._wake()
 
     def _fail(self, err: UpstreamFailure) -> None:
@@ -172,20 +175,38 @@ class _NativeResponse(UpstreamResponse):
             self.error = err
             self._wake()
 
-    # waiting, with a timer armed only while idle
+    # Waiting, with one lazily re-armed timer per response instead of one per wait: a
+    # stream waits once per chunk, and arming plus cancelling a timer each time cost more
+    # than the rest of the wait (docs/performance.md). The timer fires at most once per
+    # read_timeout; it times out only a wait that has lasted read_timeout.
     async def _wait(self) -> None:
-        self.waiter = self.loop.create_future()
-        timer = self.loop.call_later(self.read_timeout, self._timeout)
+        loop = self.loop
+        self.waiter = loop.create_future()
+        self.wait_started = loop.time()
+        if self.timer is None:
+            self.timer = loop.call_at(self.wait_started + self.read_timeout, self._check_timer)
         try:
             await self.waiter
         finally:
-            timer.cancel()
             self.waiter = None
 
-    def _timeout(self) -> None:
-        if self.error is None:
-            self.error = UpstreamTimeout(self.conn.owner.name, "read timed out")
+    def _check_timer(self) -> None:
+        self.timer = None
+        if self.released or self.complete or self.error is not None:
+            return
+        if self.waiter is None or self.waiter.done():  # not waiting: the next wait re-arms
+            return
+        due = self.wait_started + self.read_timeout
+        if self.loop.time() < due:
+            self.timer = self.loop.call_at(due, self._check_timer)
+            return
+        self.error = UpstreamTimeout(self.conn.owner.name, "read timed out")
         self._wake()
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     async def wait_head(self) -> None:
         while not self.status:
@@ -229,6 +250,7 @@ class _NativeResponse(UpstreamResponse):
         if self.released:
             return
         self.released = True
+        self._cancel_timer()
         conn = self.conn
         conn.resp = None
         if self.complete and self.keep_alive and self.error is None and not conn.closed:
@@ -314,10 +336,13 @@ class NativeUpstream(UpstreamClient):
     async def _attempt(self, request: bytes, reuse: bool) -> _NativeResponse | None:
         """Send on a pooled (``reuse``) or new connection; return once the head arrived.
         None: the pooled connection was closed before any byte of an answer came."""
-        try:
-            await asyncio.wait_for(self.slots.acquire(), self.pool_timeout)
-        except TimeoutError:
-            raise UpstreamTimeout(self.name, "no free upstream connection") from None
+        if not self.slots.locked():
+            await self.slots.acquire()  # free: returns at once (wait_for costs a task)
+        else:
+            try:
+                await asyncio.wait_for(self.slots.acquire(), self.pool_timeout)
+            except TimeoutError:
+                raise UpstreamTimeout(self.name, "no free upstream connection") from None
         conn = self._idle_conn() if reuse else None
         reused = conn is not None
         if conn is None:

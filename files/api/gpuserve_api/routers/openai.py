@@ -62,6 +62,22 @@ async def chat_completions(request: Request, state: State, info: Info) -> Respon
     return await _proxy(request, state, info, "/v1/chat/completions", need_model=True)
 
 
+async def _fast_completions(request: Request, state: GatewayState, info: Info) -> Response:
+    return await _proxy(request, state, info, "/v1/completions", need_model=True)
+
+
+async def _fast_chat(request: Request, state: GatewayState, info: Info) -> Response:
+    return await _proxy(request, state, info, "/v1/chat/completions", need_model=True)
+
+
+# The generating routes as the middleware serves them directly (same handler, same
+# labels; the routes above stay for the schema and any request the middleware passes on).
+FAST_ROUTES = {
+    "/v1/completions": ("/v1/completions", _fast_completions),
+    "/v1/chat/completions": ("/v1/chat/completions", _fast_chat),
+}
+
+
 @router.get(
     "/v1/models",
     response_model=ModelList,

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httptools
 from gpuserve_api.auth import hash_key
 
 from .procs import Proc, start_gateway, start_sim
@@ -66,6 +67,11 @@ class RunResult:
     def summary(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "ttft_ms"}
         out.update(
+            # CPU per chunk the clients received, per process (microseconds).
+            cpu_us_per_chunk={
+                k: round(1e6 * v / self.chunks, 1) if self.chunks else None
+                for k, v in self.cpu_s.items()
+            },
             rps=round(self.rps, 1),
             chunks_per_s=round(self.chunks_per_s, 1),
             ttft_p50_ms=round(self.pct(0.5), 3),
@@ -94,52 +100,91 @@ def _cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-async def _one(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
-) -> tuple[float | None, int, bool]:
-    t0 = time.perf_counter()
-    writer.write(request)
-    head = await reader.readuntil(b"\r\n\r\n")
-    ok = head[9:12] == b"200"
-    lower = head.lower()
-    ttft = None
-    chunks = 0
-    if b"transfer-encoding: chunked" in lower:
-        while True:
-            size_line = await reader.readuntil(b"\r\n")
-            size = int(size_line.split(b";")[0], 16)
-            if size == 0:
-                await reader.readuntil(b"\r\n")
-                break
-            data = await reader.readexactly(size + 2)
-            n = data.count(b"data: ")
-            if n:
-                if ttft is None:
-                    ttft = (time.perf_counter() - t0) * 1000
-                if b"[DONE]" in data:
-                    n -= 1
-                chunks += n
+class _Conn(asyncio.Protocol):
+    """One keep-alive client connection: HTTP parsed in C (httptools), SSE events counted
+    in the body bytes as they arrive (no per-chunk awaits), so the load generator costs
+    far less CPU than the servers it measures."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self.done: asyncio.Future[None] | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.t0 = 0.0
+        self.ttft: float | None = None
+        self.events = 0
+        self.last = b""
+        self.tail = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.done is not None and not self.done.done():
+            self.done.set_exception(ConnectionError("server closed the connection"))
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as err:
+            if self.done is not None and not self.done.done():
+                self.done.set_exception(ValueError(f"bad HTTP: {err}"))
+
+    def on_body(self, body: bytes) -> None:
+        if self.ttft is None:
+            self.ttft = (time.perf_counter() - self.t0) * 1000
+        # SSE events end with a blank line; one may straddle two reads.
+        self.events += body.count(b"\n\n") + (self.last == b"\n" and body[:1] == b"\n")
+        self.last = body[-1:]
+        self.tail = (self.tail + body)[-16:]
+
+    def on_message_complete(self) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)
+
+    async def request(self, data: bytes) -> tuple[float | None, int, bool]:
+        assert self.transport is not None
+        self.parser = httptools.HttpResponseParser(self)
+        self.ttft, self.events, self.last, self.tail = None, 0, b"", b""
+        self.done = asyncio.get_running_loop().create_future()
+        self.t0 = time.perf_counter()
+        self.transport.write(data)
+        await self.done
+        ok = self.parser.get_status_code() == 200
+        if b"data: [DONE]" in self.tail:
+            self.events -= 1
+        return self.ttft, self.events, ok
+
+
+async def _connect(addr: tuple[str, str, int]) -> _Conn:
+    loop = asyncio.get_running_loop()
+    if addr[0] == "unix":
+        _, conn = await loop.create_unix_connection(_Conn, addr[1])
     else:
-        length = 0
-        for line in lower.split(b"\r\n"):
-            if line.startswith(b"content-length:"):
-                length = int(line.split(b":")[1])
-        await reader.readexactly(length)
-    return ttft, chunks, ok
+        _, conn = await loop.create_connection(_Conn, addr[1], addr[2])
+    return conn
 
 
 async def _client(
-    host: str, port: int, request: bytes, stop_at: float, warm_until: float, res: RunResult
+    addr: tuple[str, str, int],
+    request: bytes,
+    stop_at: float,
+    warm_until: float,
+    res: RunResult,
 ) -> None:
-    reader, writer = await asyncio.open_connection(host, port)
+    conn = await _connect(addr)
     try:
         while time.perf_counter() < stop_at:
+            if conn.lost:
+                conn = await _connect(addr)
             try:
-                ttft, chunks, ok = await _one(reader, writer, request)
-            except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+                ttft, chunks, ok = await conn.request(request)
+            except (ConnectionError, ValueError):
                 res.errors += 1
-                writer.close()
-                reader, writer = await asyncio.open_connection(host, port)
+                if conn.transport is not None:
+                    conn.transport.close()
+                conn = await _connect(addr)
                 continue
             if time.perf_counter() < warm_until:
                 continue
@@ -151,11 +196,20 @@ async def _client(
             if ttft is not None:
                 res.ttft_ms.append(ttft)
     finally:
-        writer.close()
+        if conn.transport is not None:
+            conn.transport.close()
+
+
+def _address(proc: Proc) -> tuple[str, str, int]:
+    """("unix", path, 0) for a process on a unix socket, else ("tcp", host, port)."""
+    if proc.uds:
+        return ("unix", proc.uds, 0)
+    host, port = proc.url.removeprefix("http://").split(":")
+    return ("tcp", host, int(port))
 
 
 async def _run(
-    url: str,
+    proc: Proc,
     target: str,
     concurrency: int,
     duration: float,
@@ -163,7 +217,8 @@ async def _run(
     max_tokens: int,
     pids: dict[str, int],
 ) -> RunResult:
-    host, port = url.removeprefix("http://").split(":")
+    addr = _address(proc)
+    host = "localhost" if addr[0] == "unix" else addr[1]
     body = json.dumps(
         {
             "model": MODEL,
@@ -184,7 +239,7 @@ async def _run(
     cpu0["bench"] = time.process_time()
     await asyncio.gather(
         *(
-            _client(host, int(port), request, start + warmup + duration, start + warmup, res)
+            _client(addr, request, start + warmup + duration, start + warmup, res)
             for _ in range(concurrency)
         )
     )
@@ -240,10 +295,35 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _cpu_table(rows: list[dict[str, Any]]) -> str:
+    """CPU per process from /proc: cores used, and us of CPU per chunk received."""
+    lines = [
+        "| streams | path | simulator | gateway | load generator | total cores |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        for path in ("direct", "gateway"):
+            d = r[path]
+            per = d["cpu_us_per_chunk"]
+            cells = []
+            total = 0.0
+            for name in ("sim", "gateway", "bench"):
+                cores = d["cpu_s"].get(name, 0.0) / d["duration_s"]
+                total += cores
+                if path == "direct" and name == "gateway":
+                    cells.append("-")
+                    continue
+                us = per.get(name)
+                cells.append(f"{cores:.2f} ({us:.1f} us/chunk)" if us is not None else "-")
+            lines.append(f"| {r['concurrency']} | {path} | {' | '.join(cells)} | {total:.2f} |")
+    return "\n".join(lines)
+
+
 def _gateway_config(sim: Proc, keys_file: Path, workers: int = 1) -> dict[str, Any]:
+    upstream = {"uds": sim.uds} if sim.uds else {"base_url": sim.url}
     return {
         "listen": {"workers": workers},
-        "upstreams": [{"name": MODEL, "base_url": sim.url}],
+        "upstreams": [{"name": MODEL, **upstream}],
         "auth": {"enabled": True, "keys_file": str(keys_file)},
         "limits": {"max_in_flight": 4096, "max_in_flight_per_key": 4096},
         "logging": {"level": "warning", "access_log": True},
@@ -251,11 +331,22 @@ def _gateway_config(sim: Proc, keys_file: Path, workers: int = 1) -> dict[str, A
 
 
 def _start_pair(
-    work: Path, keys_file: Path, workers: int, ttft_ms: float, itl_ms: float
+    work: Path, keys_file: Path, workers: int, ttft_ms: float, itl_ms: float, upstream: str = "uds"
 ) -> tuple[Proc, Proc]:
-    """The simulator at this timing, and a gateway in front of it (both ready)."""
+    """The simulator at this timing, and a gateway in front of it (both ready). The
+    simulator listens on a unix socket (``upstream`` "uds", as the vllm_service role's
+    default ``vllm_service_listen: uds``) or on 127.0.0.1 ("tcp")."""
+    flags: dict[str, Any] = {}
+    if upstream == "uds":
+        flags["uds"] = str(work / f"sim-{ttft_ms:g}.sock")
     sim = start_sim(
-        work, model=MODEL, ttft_ms=ttft_ms, itl_ms=itl_ms, max_num_seqs=4096, log_level="warning"
+        work,
+        model=MODEL,
+        ttft_ms=ttft_ms,
+        itl_ms=itl_ms,
+        max_num_seqs=4096,
+        log_level="warning",
+        **flags,
     )
     try:
         gw = start_gateway(work, _gateway_config(sim, keys_file, workers), ready_path="/ready")
@@ -289,14 +380,10 @@ async def _levels(args: argparse.Namespace, sim: Proc, gw: Proc) -> list[dict[st
         direct_runs, gateway_runs = [], []
         for _ in range(args.repeat):  # interleaved: both targets see the same machine load
             direct_runs.append(
-                await _run(
-                    sim.url, "direct", conc, args.duration, args.warmup, args.max_tokens, pids
-                )
+                await _run(sim, "direct", conc, args.duration, args.warmup, args.max_tokens, pids)
             )
             gateway_runs.append(
-                await _run(
-                    gw.url, "gateway", conc, args.duration, args.warmup, args.max_tokens, pids
-                )
+                await _run(gw, "gateway", conc, args.duration, args.warmup, args.max_tokens, pids)
             )
         direct, gateway = _merge(direct_runs), _merge(gateway_runs)
         d, g = direct.summary(), gateway.summary()
@@ -342,6 +429,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ceiling-streams", type=int, default=64)
     p.add_argument("--gateway-workers", type=int, default=1)
     p.add_argument(
+        "--upstream",
+        choices=("uds", "tcp"),
+        default="uds",
+        help="how the gateway (and the direct client) reach the simulator: a unix socket, "
+        "as the roles deploy vLLM, or 127.0.0.1 (default: %(default)s)",
+    )
+    p.add_argument(
         "--json",
         default=str(Path(tempfile.gettempdir()) / "gpuserve-bench-api.json"),
         help="where to write the results (default: %(default)s)",
@@ -366,7 +460,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.max_tokens} tokens per request",
             file=sys.stderr,
         )
-        sim, gw = _start_pair(work, keys, args.gateway_workers, args.ttft_ms, args.itl_ms)
+        sim, gw = _start_pair(
+            work, keys, args.gateway_workers, args.ttft_ms, args.itl_ms, args.upstream
+        )
         try:
             rows = asyncio.run(_levels(args, sim, gw))
         finally:
@@ -374,14 +470,14 @@ def main(argv: list[str] | None = None) -> None:
             sim.stop()
         out["realistic"] = rows
         print("gateway ceiling: simulator at zero latency", file=sys.stderr)
-        sim, gw = _start_pair(work, keys, args.gateway_workers, 0, 0)
+        sim, gw = _start_pair(work, keys, args.gateway_workers, 0, 0, args.upstream)
         try:
             pids = {"sim": sim.popen.pid, "gateway": gw.popen.pid}
             ceil = asyncio.run(
-                _run(gw.url, "gateway", args.ceiling_streams, args.duration, args.warmup, 256, pids)
+                _run(gw, "gateway", args.ceiling_streams, args.duration, args.warmup, 256, pids)
             )
             direct = asyncio.run(
-                _run(sim.url, "direct", args.ceiling_streams, args.duration, args.warmup, 256, pids)
+                _run(sim, "direct", args.ceiling_streams, args.duration, args.warmup, 256, pids)
             )
         finally:
             gw.stop()
@@ -410,6 +506,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     print()
     print(_table(out["realistic"]))
+    print()
+    print(_cpu_table(out["realistic"]))
     c = out["ceiling"]
     print(
         f"\nGateway ceiling (simulator at zero latency, {args.ceiling_streams} streams, 256 "

@@ -27,10 +27,13 @@ def free_port() -> int:
 class Proc:
     """A child process with its log file; ``stop()`` ends exactly this process."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], log_path: Path, url: str) -> None:
+    def __init__(
+        self, popen: subprocess.Popen[bytes], log_path: Path, url: str, uds: str | None = None
+    ) -> None:
         self.popen = popen
         self.log_path = log_path
         self.url = url
+        self.uds = uds  # the unix socket it listens on, if any
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
@@ -85,7 +88,8 @@ def start_sim(workdir: Path, wait: bool = True, **flags: Any) -> Proc:
         args += ["--" + key.replace("_", "-"), str(value)]
     name = f"sim-{flags.get('port') or Path(str(uds)).name}"
     url = "http://localhost" if uds else f"http://127.0.0.1:{flags['port']}"
-    proc = Proc(_spawn(args, workdir / f"{name}.log"), workdir / f"{name}.log", url)
+    log_path = workdir / f"{name}.log"
+    proc = Proc(_spawn(args, log_path), log_path, url, str(uds) if uds else None)
     if wait:
         try:
             wait_ready(url, proc, uds=uds)
