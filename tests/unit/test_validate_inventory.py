@@ -124,6 +124,7 @@ def _inventory_values() -> list[tuple[str, str, Any]]:
         *sorted(ROOT.glob("roles/*/defaults/main.yml")),
         *sorted(ROOT.glob("molecule/*/molecule.yml")),
         *sorted(ROOT.glob("inventories/**/*.yml")),
+        *sorted(ROOT.glob("tests/gpu/*/inventory.yml")),
     ]
     out = []
 
