@@ -101,15 +101,29 @@ class GatewayMiddleware:
         rid_header = (b"x-request-id", rid.encode())
         first_byte: list[float] = []
 
+        acquired: str | None = None
+
+        def release() -> None:
+            nonlocal acquired
+            if acquired is not None:
+                self.limiter.release(acquired)
+                acquired = None
+                if self.metrics:
+                    self.metrics.in_flight.dec()
+
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 info.status = message["status"]
                 message["headers"] = [*message.get("headers", []), rid_header]
-            elif not first_byte and message.get("body"):
-                first_byte.append(time.perf_counter())
+            else:
+                if not first_byte and message.get("body"):
+                    first_byte.append(time.perf_counter())
+                if not message.get("more_body"):
+                    # Free the slot before the last byte leaves: a client that starts its
+                    # next request on the last chunk must find it free (no 429 at the cap).
+                    release()
             await send(message)
 
-        acquired: str | None = None
         try:
             if len(scope["headers"]) > self.max_headers or header_bytes > self.max_header_bytes:
                 raise GatewayError(
@@ -174,10 +188,7 @@ class GatewayMiddleware:
                 err = GatewayError(500, f"internal error (request id {rid})", "internal_error")
                 await error_response(path, err)(scope, receive, send_wrapper)
         finally:
-            if acquired is not None:
-                self.limiter.release(acquired)
-                if self.metrics:
-                    self.metrics.in_flight.dec()
+            release()
             end = time.perf_counter()
             self._record(path, scope, info, start, end, first_byte[0] if first_byte else None)
 

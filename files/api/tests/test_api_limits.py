@@ -3,6 +3,7 @@ with 2 workers, and the shared counters themselves across real processes."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import multiprocessing
 import os
@@ -15,8 +16,9 @@ import httpx
 import pytest
 from api_env import KEY_ALICE, KEY_BOB, MODEL
 from gpuserve_api.auth import hash_key
-from gpuserve_api.config import Limits
+from gpuserve_api.config import Limits, parse_config
 from gpuserve_api.limits import InFlight
+from gpuserve_api.middleware import GatewayMiddleware
 from gpuserve_sim.procs import Proc, start_gateway, start_sim
 
 ALICE = {"Authorization": f"Bearer {KEY_ALICE}"}
@@ -185,3 +187,30 @@ def test_counters_are_shared_and_a_dead_process_rows_are_reclaimed(tmp_path: Pat
         live.kill()
         live.join(10)
         mine.close()
+
+
+def test_a_stream_frees_its_slot_before_its_last_byte_is_sent() -> None:
+    """A client that opens its next request on a stream's last chunk must not meet a 429
+    at the cap: the slot is free by the time the final body message goes out (measured
+    on the GPU host: 429s at exactly the per-key cap, docs/gpu-validation.md)."""
+    config = parse_config({"upstreams": [{"name": MODEL, "base_url": "http://127.0.0.1:9"}]})
+    limiter = InFlight(config.limits, [])
+    limiter.open()
+    seen: list[tuple[bool, int]] = []
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})  # type: ignore[operator]
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.body":
+            seen.append((bool(message.get("more_body")), limiter.counts("anonymous")[0]))
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    middleware = GatewayMiddleware(app, config, None, limiter, None, [])
+    scope = {"type": "http", "method": "POST", "path": "/v1/completions", "headers": []}
+    asyncio.run(middleware(scope, receive, send))  # type: ignore[arg-type]
+    assert seen == [(True, 1), (False, 0)], seen

@@ -11,6 +11,11 @@
 #   validate.sh start-models             background: the Phi-2-shaped model, a tiny one, a broken one
 #   validate.sh start-serve              background, after both: kit venv, site.yml's serving
 #                                        stages, tests/gpu through nginx, faults, switches
+#   validate.sh start-bench              background, instead of start-serve: the full-stack
+#                                        benchmark (issue 17) with the role's default limits,
+#                                        Phi-2-shaped model, then the ~1B Llama
+#   validate.sh wait-bench SECONDS       follow the progress log until the bench job ends
+#   validate.sh collect-bench            the bench results to $OUT
 #   validate.sh wait SECONDS             follow the progress log until the serve job ends
 #   validate.sh collect                  results so far to $OUT (at most 8 files)
 set -euo pipefail
@@ -83,6 +88,7 @@ job_models() {
   cp "$s"/tokenizer*.json "$s/special_tokens_map.json" "$s/tokenizer/"
   [[ -f /root/models/phi2/config.json ]] || "$PY" "$s/make_model.py" /root/models/phi2
   [[ -f /root/models/tiny/config.json ]] || "$PY" "$s/make_model.py" /root/models/tiny --layers 2 --hidden 320
+  [[ -f /root/models/llama1b/config.json ]] || "$PY" "$HERE/make_llama.py" /root/models/llama1b --tokenizer-dir "$s/tokenizer"
   # A model that cannot load: the tiny one with an architecture vLLM does not know.
   rm -rf /root/models/broken
   cp -r /root/models/tiny /root/models/broken
@@ -100,11 +106,11 @@ PY
   log "models built"
 }
 
-deploy() {  # MODEL_SET
-  local set=$1 rc=0 t0=$SECONDS
+deploy() {  # MODEL_SET [INVENTORY, relative to the checkout]
+  local set=$1 inv=${2:-tests/gpu/machine/inventory.yml} rc=0 t0=$SECONDS
   bash "$MACHINE" sync
   bash "$MACHINE" exec bash -c "cd /srv/gpuserve && ANSIBLE_COLLECTIONS_PATH=/srv/gpuserve/collections:/usr/share/ansible/collections \
-    ANSIBLE_FORCE_COLOR=0 ansible-playbook -i tests/gpu/machine/inventory.yml site.yml --tags serve,monitoring \
+    ANSIBLE_FORCE_COLOR=0 ansible-playbook -i $inv site.yml --tags serve,monitoring \
     -e gpu_machine_model_set=$set" > "$W/ansible-$set.log" 2>&1 || rc=$?
   {
     echo "## site.yml --tags serve,monitoring, model set $set: rc=$rc in $((SECONDS - t0)) s"
@@ -181,6 +187,68 @@ job_serve() {
   log "serve job done"
 }
 
+# The full-stack benchmark runs with the role's defaults: the validation inventory without
+# its test-only per-key cap of 4 streams, and a second API key (streams take turns), since the
+# default max_in_flight_per_key (256) is below the top level (512).
+BENCH_INV=tests/gpu/machine/inventory-bench.yml
+BENCH_KEY2=sk-gpu-bench-second-key
+
+bench_inventory() {
+  "$PY" - "$REPO/tests/gpu/machine/inventory.yml" "$REPO/$BENCH_INV" "$BENCH_KEY2" <<'PY'
+import sys
+import yaml
+src, dst, key2 = sys.argv[1:]
+inv = yaml.safe_load(open(src))
+v = inv["all"]["children"]["gpu_hosts"]["vars"]
+v.pop("gateway_limits")
+v["gateway_api_keys"].append({"name": "bench", "key": key2})
+yaml.safe_dump(inv, open(dst, "w"), sort_keys=False)
+PY
+}
+
+run_bench() {  # LABEL
+  (cd "$REPO" && PYTHONPATH=$ROOT/opt/vllm-kit/site "$PY" tests/bench/fullstack_bench.py run \
+    --path raw=http://127.0.0.1:8000 --path stack=$URL --cacert "$CERT" \
+    --api-key "$KEY" --api-key "$BENCH_KEY2" --model phi-2 --vocab 50000 --label "$1" \
+    --cpu gateway='gpuserve-gateway serve' --cpu nginx='nginx: ' --cpu vllm='vllm.entrypoints' \
+    --out "$RES/fullstack-$1.json") > "$RES/fullstack-$1.log" 2>&1 || echo "bench $1 failed: rc=$?" | tee -a "$RES/summary.txt"
+  tail -n 30 "$RES/fullstack-$1.log" >> "$RES/summary.txt"
+}
+
+job_bench() {
+  wait_for "$W/up.done" 900
+  wait_for "$W/models.done" 900
+  for c in c1 c2 c3 c4 c5 c6 c7; do wait_for "$W/staged-$c" 900; done
+  bash "$MACHINE" kit 2>&1 | tail -5 | tee -a "$RES/summary.txt"
+  bench_inventory
+  {
+    echo "## bench: cores $(nproc); gateway workers from the role's default"
+  } >> "$RES/summary.txt"
+  log "deploy phi2 (bench inventory)"
+  if deploy phi2 "$BENCH_INV"; then
+    bash "$MACHINE" exec systemctl show -p ExecStart --value gpuserve-gateway.service | head -c 400 >> "$RES/summary.txt" || true
+    log "bench phi2"; run_bench phi2
+  fi
+  log "deploy llama1b (bench inventory)"
+  if deploy llama1b "$BENCH_INV"; then
+    log "bench llama1b"; run_bench llama1b
+  fi
+  bash "$MACHINE" exec journalctl -u vllm@llm.service --no-pager -n 200 > "$RES/journal.txt" 2>&1 || true
+  touch "$W/bench.done"
+  log "bench job done"
+}
+
+collect_bench() {
+  local out=${OUT:-/tmp/gpuserve-out}
+  mkdir -p "$out"
+  cp "$W/progress.log" "$out/" 2>/dev/null || true
+  for f in summary.txt journal.txt fullstack-phi2.json fullstack-llama1b.json fullstack-phi2.log fullstack-llama1b.log; do
+    [[ -f $RES/$f ]] && cp "$RES/$f" "$out/"
+  done
+  cat "$W"/ansible-phi2.log "$W"/ansible-llama1b.log 2>/dev/null | tail -c 3000000 > "$out/ansible.log" || true
+  ls "$out"
+}
+
 collect() {
   local out=${OUT:-/tmp/gpuserve-out}
   mkdir -p "$out"
@@ -202,8 +270,15 @@ case $cmd in
     bash "$REPO/tests/gpu/validation_host.sh" stage "$@"
     for d in "$@"; do touch "$W/staged-$(basename "$d")"; done
     ;;
-  start-up | start-models | start-serve) background "${cmd#start-}" ;;
+  start-up | start-models | start-serve | start-bench) background "${cmd#start-}" ;;
   job-up) job_up ;;
+  job-bench) job_bench ;;
+  wait-bench)
+    deadline=$((SECONDS + ${1:-500}))
+    until [[ -e $W/bench.done ]] || ((SECONDS > deadline)); do sleep 5; done
+    tail -n 20 "$W/progress.log"; tail -n 40 "$RES/summary.txt" 2>/dev/null || true
+    ;;
+  collect-bench) collect_bench ;;
   job-models) job_models ;;
   job-serve) job_serve ;;
   wait)
