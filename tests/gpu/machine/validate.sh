@@ -211,7 +211,7 @@ run_bench() {  # LABEL
     --path raw=http://127.0.0.1:8000 --path stack=$URL --cacert "$CERT" \
     --api-key "$KEY" --api-key "$BENCH_KEY2" --model phi-2 --vocab 50000 --label "$1" \
     --cpu gateway='gpuserve-gateway serve' --cpu nginx='nginx: ' --cpu vllm='vllm.entrypoints' \
-    --out "$RES/fullstack-$1.json") > "$RES/fullstack-$1.log" 2>&1 || echo "bench $1 failed: rc=$?" | tee -a "$RES/summary.txt"
+    ${BENCH_ARGS:-} --out "$RES/fullstack-$1.json") > "$RES/fullstack-$1.log" 2>&1 || echo "bench $1 failed: rc=$?" | tee -a "$RES/summary.txt"
   tail -n 30 "$RES/fullstack-$1.log" >> "$RES/summary.txt"
 }
 
@@ -224,15 +224,13 @@ job_bench() {
   {
     echo "## bench: cores $(nproc); gateway workers from the role's default"
   } >> "$RES/summary.txt"
-  log "deploy phi2 (bench inventory)"
-  if deploy phi2 "$BENCH_INV"; then
-    bash "$MACHINE" exec systemctl show -p ExecStart --value gpuserve-gateway.service | head -c 400 >> "$RES/summary.txt" || true
-    log "bench phi2"; run_bench phi2
-  fi
-  log "deploy llama1b (bench inventory)"
-  if deploy llama1b "$BENCH_INV"; then
-    log "bench llama1b"; run_bench llama1b
-  fi
+  # BENCH_SETS: the model sets, in order; BENCH_ARGS: more fullstack_bench.py run options.
+  for set in ${BENCH_SETS:-phi2 llama1b}; do
+    log "deploy $set (bench inventory)"
+    if deploy "$set" "$BENCH_INV"; then
+      log "bench $set"; run_bench "$set"
+    fi
+  done
   bash "$MACHINE" exec journalctl -u vllm@llm.service --no-pager -n 200 > "$RES/journal.txt" 2>&1 || true
   touch "$W/bench.done"
   log "bench job done"
