@@ -31,18 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from serving_bench import percentile  # same folder: run as a script
 
 LEVELS = (1, 64, 256, 512)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def cpu_seconds(pattern: str) -> float:
