@@ -27,6 +27,7 @@ import ssl
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +38,13 @@ LEVELS = (1, 64, 256, 512)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pattern: str) -> float:
-    """utime + stime of every process whose command line contains ``pattern``, and of all
-    their descendants (workers started by spawn carry another command line)."""
+def cpu_seconds(patterns: dict[str, str]) -> dict[str, float]:
+    """Per name: utime + stime of every process whose command line contains its pattern,
+    and of all their descendants (workers started by spawn carry another command line).
+    One pass over /proc for all names."""
     parent: dict[int, int] = {}
     ticks: dict[int, int] = {}
-    roots = set()
+    roots: dict[int, str] = {}
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             pid = int(proc.name)
@@ -52,17 +54,20 @@ def cpu_seconds(pattern: str) -> float:
             continue
         parent[pid] = int(fields[1])
         ticks[pid] = int(fields[11]) + int(fields[12])
-        if pattern in cmd and "fullstack_bench" not in cmd:
-            roots.add(pid)
-    total = 0
+        if "fullstack_bench" not in cmd:
+            for name, pattern in patterns.items():
+                if pattern in cmd:
+                    roots[pid] = name
+                    break
+    total = dict.fromkeys(patterns, 0)
     for pid, t in ticks.items():
         p, seen = pid, 0
         while p > 1 and seen < 64:
             if p in roots:
-                total += t
+                total[roots[p]] += t
                 break
             p, seen = parent.get(p, 0), seen + 1
-    return total / CLK_TCK
+    return {name: t / CLK_TCK for name, t in total.items()}
 
 
 # --- one client process ----------------------------------------------------------------------
@@ -81,8 +86,7 @@ async def _stream(
     async with client.post(url, data=body, headers=headers) as resp:
         if resp.status != 200:
             await resp.read()
-            key = f"http_{resp.status}"
-            out["errors"][key] = out["errors"].get(key, 0) + 1
+            out["errors"][f"http_{resp.status}"] += 1
             await asyncio.sleep(0.05)
             return
         async for line in resp.content:
@@ -93,7 +97,7 @@ async def _stream(
                 continue
             if b"completion_tokens" in line or b'"error"' in line:
                 if b'"error"' in line:
-                    out["errors"]["sse_error"] = out["errors"].get("sse_error", 0) + 1
+                    out["errors"]["sse_error"] += 1
                 continue
             now = time.time()
             chunks += 1
@@ -103,7 +107,7 @@ async def _stream(
                 out["chunks"] += 1
     end = time.time()
     if not done:
-        out["errors"]["stream_cut"] = out["errors"].get("stream_cut", 0) + 1
+        out["errors"]["stream_cut"] += 1
     elif window[0] <= start and end <= window[1] and chunks:
         out["ttft"].append(ttft)
         out["tpot"].append((end - start - ttft) / max(chunks - 1, 1))
@@ -111,7 +115,7 @@ async def _stream(
 
 
 async def _client_main(job: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"chunks": 0, "requests": 0, "ttft": [], "tpot": [], "errors": {}}
+    out: dict[str, Any] = {"chunks": 0, "requests": 0, "ttft": [], "tpot": [], "errors": Counter()}
     ctx: ssl.SSLContext | bool = False
     if job["url"].startswith("https"):
         ctx = ssl.create_default_context(cafile=job["cacert"])
@@ -141,8 +145,7 @@ async def _client_main(job: dict[str, Any]) -> dict[str, Any]:
             try:
                 await _stream(client, url, body, headers, window, out)
             except (TimeoutError, aiohttp.ClientError) as exc:
-                name = f"exc_{type(exc).__name__}"
-                out["errors"][name] = out["errors"].get(name, 0) + 1
+                out["errors"][f"exc_{type(exc).__name__}"] += 1
                 await asyncio.sleep(0.05)
 
     connector = aiohttp.TCPConnector(limit=0, ssl=ctx)
@@ -194,17 +197,14 @@ def measure(
     pending = pool.map_async(_client_process, jobs)
     cpu_names = dict(c.split("=", 1) for c in args.cpu)
     time.sleep(max(0.0, t0 + args.warmup - time.time()))
-    before = {n: cpu_seconds(pat) for n, pat in cpu_names.items()}
+    before = cpu_seconds(cpu_names)
     time.sleep(max(0.0, t0 + args.warmup + args.window - time.time()))
-    after = {n: cpu_seconds(pat) for n, pat in cpu_names.items()}
+    after = cpu_seconds(cpu_names)
     parts = pending.get(timeout=args.window + args.warmup + 120)
     chunks = sum(p["chunks"] for p in parts)
     ttft = [t for p in parts for t in p["ttft"]]
     tpot = [t for p in parts for t in p["tpot"]]
-    errors: dict[str, int] = {}
-    for p in parts:
-        for k, v in p["errors"].items():
-            errors[k] = errors.get(k, 0) + v
+    errors = dict(sum((p["errors"] for p in parts), Counter()))
     cpu = {n: after[n] - before[n] for n in cpu_names}
     row = {
         "path": name,

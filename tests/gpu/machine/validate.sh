@@ -169,11 +169,16 @@ switch() {  # MODEL_SET
   } | tee -a "$RES/summary.txt"
 }
 
-job_serve() {
+# The machine booted, the models built, every kit chunk staged, the kit's venv installed.
+machine_ready() {
   wait_for "$W/up.done" 900
   wait_for "$W/models.done" 900
   for c in c1 c2 c3 c4 c5 c6 c7; do wait_for "$W/staged-$c" 900; done
   bash "$MACHINE" kit 2>&1 | tail -5 | tee -a "$RES/summary.txt"
+}
+
+job_serve() {
+  machine_ready
   log "deploy phi2"
   if deploy phi2; then
     log "checks"; checks
@@ -216,14 +221,9 @@ run_bench() {  # LABEL
 }
 
 job_bench() {
-  wait_for "$W/up.done" 900
-  wait_for "$W/models.done" 900
-  for c in c1 c2 c3 c4 c5 c6 c7; do wait_for "$W/staged-$c" 900; done
-  bash "$MACHINE" kit 2>&1 | tail -5 | tee -a "$RES/summary.txt"
+  machine_ready
   bench_inventory
-  {
-    echo "## bench: cores $(nproc); gateway workers from the role's default"
-  } >> "$RES/summary.txt"
+  echo "## bench: cores $(nproc); gateway workers from the role's default" >> "$RES/summary.txt"
   # BENCH_SETS: the model sets, in order; BENCH_ARGS: more fullstack_bench.py run options.
   for set in ${BENCH_SETS:-phi2 llama1b}; do
     log "deploy $set (bench inventory)"
@@ -240,10 +240,10 @@ collect_bench() {
   local out=${OUT:-/tmp/gpuserve-out}
   mkdir -p "$out"
   cp "$W/progress.log" "$out/" 2>/dev/null || true
-  for f in summary.txt journal.txt fullstack-phi2.json fullstack-llama1b.json fullstack-phi2.log fullstack-llama1b.log; do
-    [[ -f $RES/$f ]] && cp "$RES/$f" "$out/"
+  for f in "$RES"/summary.txt "$RES"/journal.txt "$RES"/fullstack-*; do
+    [[ -f $f ]] && cp "$f" "$out/"
   done
-  cat "$W"/ansible-phi2.log "$W"/ansible-llama1b.log 2>/dev/null | tail -c 3000000 > "$out/ansible.log" || true
+  cat "$W"/ansible-*.log 2>/dev/null | tail -c 3000000 > "$out/ansible.log" || true
   ls "$out"
 }
 
@@ -271,17 +271,14 @@ case $cmd in
   start-up | start-models | start-serve | start-bench) background "${cmd#start-}" ;;
   job-up) job_up ;;
   job-bench) job_bench ;;
-  wait-bench)
-    deadline=$((SECONDS + ${1:-500}))
-    until [[ -e $W/bench.done ]] || ((SECONDS > deadline)); do sleep 5; done
-    tail -n 20 "$W/progress.log"; tail -n 40 "$RES/summary.txt" 2>/dev/null || true
-    ;;
   collect-bench) collect_bench ;;
   job-models) job_models ;;
   job-serve) job_serve ;;
-  wait)
+  wait | wait-bench)
+    done_file=$W/serve.done
+    [[ $cmd == wait-bench ]] && done_file=$W/bench.done
     deadline=$((SECONDS + ${1:-500}))
-    until [[ -e $W/serve.done ]] || ((SECONDS > deadline)); do sleep 5; done
+    until [[ -e $done_file ]] || ((SECONDS > deadline)); do sleep 5; done
     tail -n 30 "$W/progress.log"; tail -n 40 "$RES/summary.txt" 2>/dev/null || true
     ;;
   collect) collect ;;
