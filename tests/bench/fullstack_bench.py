@@ -95,9 +95,12 @@ async def _stream(
             if line.startswith(b"data: [DONE]"):
                 done = True
                 continue
-            if b"completion_tokens" in line or b'"error"' in line:
-                if b'"error"' in line:
-                    out["errors"]["sse_error"] += 1
+            if b"completion_tokens" in line:
+                continue
+            # An error event is {"error": {...}} at the top; a generated token that reads
+            # "error" (a random model streams any token) is a chunk like the others.
+            if b'"error"' in line and "error" in json.loads(line[5:]):
+                out["errors"]["sse_error"] += 1
                 continue
             now = time.time()
             chunks += 1
