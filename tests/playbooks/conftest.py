@@ -23,7 +23,12 @@ def _venv_path() -> str:
 @pytest.fixture
 def run_playbook(tmp_path: Path) -> Callable[..., PlaybookRun]:
     def run(
-        playbook: str, extravars: dict[str, Any] | None = None, tags: str = "", skip_tags: str = ""
+        playbook: str,
+        extravars: dict[str, Any] | None = None,
+        tags: str = "",
+        skip_tags: str = "",
+        path_first: str = "",
+        check: bool = False,
     ) -> PlaybookRun:
         (tmp_path / "runner").mkdir(exist_ok=True)
         runner = ansible_runner.run(
@@ -34,7 +39,11 @@ def run_playbook(tmp_path: Path) -> Callable[..., PlaybookRun]:
             extravars=extravars or {},
             tags=tags or None,
             skip_tags=skip_tags or None,
-            envvars={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "PATH": _venv_path()},
+            envvars={
+                "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+                "PATH": os.pathsep.join([p for p in (path_first, _venv_path()) if p]),
+            },
+            cmdline="--check" if check else None,
             quiet=True,
         )
         return PlaybookRun(runner)
