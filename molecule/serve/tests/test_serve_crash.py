@@ -96,6 +96,21 @@ def report(name: str, probes: list[tuple[float, int, float]]) -> None:
     )
 
 
+def test_the_gateway_listens_on_a_socket_systemd_holds(host):
+    sock = props(host, "gpuserve-gateway.socket", ["Listen", "ActiveState", "UnitFileState"])
+    assert sock == {
+        "Listen": "127.0.0.1:8080 (Stream)",
+        "ActiveState": "active",
+        "UnitFileState": "enabled",
+    }
+    service = props(host, UNIT, ["KillMode", "Requires", "TriggeredBy"])
+    assert service["KillMode"] == "process"
+    assert "gpuserve-gateway.socket" in service["Requires"].split()
+    assert service["TriggeredBy"] == "gpuserve-gateway.socket"
+    # The socket is open in systemd itself (pid 1), not only in the gateway's processes.
+    assert "pid=1," in host.check_output("ss -Hltnp 'sport = :8080'")
+
+
 def test_killing_the_gateway_main_process_refuses_nothing_and_its_streams_finish(host):
     before = props(host, UNIT, ["MainPID", "NRestarts"])
     main = before["MainPID"]
