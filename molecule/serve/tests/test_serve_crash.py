@@ -2,7 +2,8 @@
 each during a stream through nginx, with a new request every 100 ms meanwhile.
 
 Runs after test_serve.py (file order): it kills processes, and checks the stack is whole after.
-Each run prints its measurements (recovery times in docs/serving.md come from these lines).
+Each run appends its measurements to .cache/molecule-logs/serve-crash.txt (docs/serving.md's
+recovery times come from these lines).
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import json
 import time
 
-from test_serve import BASE, KEY, NGINX_DEFAULTS, ca, journal, props
+from test_serve import BASE, KEY, NGINX_DEFAULTS, PROJECT, ca, journal, props
 
 UNIT = "gpuserve-gateway.service"
+REPORT = PROJECT / ".cache" / "molecule-logs" / "serve-crash.txt"
 PROBES = 50  # one every 100 ms: 5 s
 KILL_AT = 10  # after the 10th probe (1 s into the probes, 2 s into the stream)
 # 1500 tokens at the simulator's 2 ms each: the stream runs ~3 s or more, across the kill.
@@ -87,13 +89,18 @@ def access_log_entry(host, rid: str) -> dict:
     return json.loads(line.splitlines()[-1])
 
 
-def report(name: str, probes: list[tuple[float, int, float]]) -> None:
+def report(host, name: str, probes: list[tuple[float, int, float]]) -> None:
+    """One line per run in .cache/molecule-logs/serve-crash.txt (the docs' numbers)."""
     slowest = max(seconds for _, _, seconds in probes)
     refused = [status for _, status, _ in probes if status != 200]
-    print(
+    line = (
+        f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {host.backend.get_hostname()} "
         f"crash {name}: {len(probes)} probes, {len(refused)} not 200 {sorted(set(refused))}, "
         f"longest refusal {longest_refusal(probes):.2f} s, slowest answer {slowest:.2f} s"
     )
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    with REPORT.open("a", encoding="utf-8") as out:
+        out.write(line + "\n")
 
 
 def test_the_gateway_listens_on_a_socket_systemd_holds(host):
@@ -117,7 +124,7 @@ def test_killing_the_gateway_main_process_refuses_nothing_and_its_streams_finish
     workers = host.check_output(f"pgrep -P {main}").split()
     assert workers, "the gateway runs with workers (gateway_workers >= 2 by default)"
     probes, stream, rid = crash_run(host, "main", f"kill -9 {main}")
-    report("main", probes)
+    report(host, "main", probes)
     assert len(probes) == PROBES
     # The socket is systemd's (gpuserve-gateway.socket): new connections wait for the new
     # gateway in its backlog instead of being refused.
@@ -146,7 +153,7 @@ def test_killing_the_workers_cuts_their_streams_and_refuses_nothing(host):
     cut = "upstream prematurely closed connection while reading upstream"
     cuts_before = int(host.run(f"grep -c '{cut}' {error_log}").stdout.strip() or 0)
     probes, stream, rid = crash_run(host, "workers", f"pkill -9 -P {main}")
-    report("workers", probes)
+    report(host, "workers", probes)
     assert len(probes) == PROBES
     # The main process keeps the socket and starts new workers.
     assert longest_refusal(probes) <= 1.0, probes
