@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import ipaddress
 import json
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,10 @@ RANGES: tuple[tuple[str, int | float, int | float | None, str], ...] = (
     ("nginx_proxy_conn_limit", 1, None, "connections"),
     ("nginx_proxy_hsts_max_age", 0, None, "seconds, 0 = no header"),
 )
+
+# Values that must be IP addresses: systemd's socket unit (ListenStream=) binds an address, it
+# does not resolve a host name.
+IP_ADDRESSES = frozenset({"gateway_listen_host"})
 
 _CHECKS = {
     "int": check_type_int,
@@ -159,6 +164,14 @@ def check_value(
             value = _CHECKS[kind](value)
         except (TypeError, ValueError):
             return [f"{path}: is {_show(value, secret)}; must be {_TYPE_WORDS[kind]}"]
+    if pattern in IP_ADDRESSES:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            return [
+                f"{path}: is {_show(value, secret)}; must be an IP address (127.0.0.1, ::1): "
+                "the gateway's socket unit binds an address, not a host name"
+            ]
     choices = spec.get("choices")
     if choices is not None and value not in choices:
         close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)

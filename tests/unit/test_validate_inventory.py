@@ -66,6 +66,15 @@ def test_a_limit_out_of_range_and_a_wrong_type() -> None:
     ]
 
 
+def test_the_gateway_listen_host_is_an_address_not_a_name() -> None:
+    assert check(gateway_listen_host="127.0.0.1") == []
+    assert check(gateway_listen_host="::1") == []
+    assert check(gateway_listen_host="localhost") == [
+        'gateway_listen_host: is "localhost"; must be an IP address (127.0.0.1, ::1): '
+        "the gateway's socket unit binds an address, not a host name"
+    ]
+
+
 def test_ports_choices_and_required_keys() -> None:
     assert check(nginx_proxy_https_port=70000) == [
         "nginx_proxy_https_port: is 70000; allowed: 1..65535 (a TCP port)"

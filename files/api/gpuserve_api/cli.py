@@ -21,8 +21,10 @@ from . import __version__
 from .auth import generate_key, hash_key, load_keys
 from .config import ENV_CONFIG, ConfigError, GatewayConfig, load_config
 from .limits import ENV_FILE, InFlight
+from .listener import ENV_SUPERVISOR, ListenerError, inherited_socket
 
 EXIT_CONFIG = 2
+EXIT_STARTUP = 3  # as uvicorn: the app or the socket failed before serving
 
 
 def _fail(message: str) -> int:
@@ -68,13 +70,15 @@ def _hash(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     from .logs import setup_logging
     from .main import create_app
 
     try:
         config = _load(args.config)
-    except ConfigError as err:
+        listener = inherited_socket()
+    except (ConfigError, ListenerError) as err:
         return _fail(str(err))
     host = args.host or config.listen.host
     port = args.port or config.listen.port
@@ -92,9 +96,12 @@ def _serve(args: argparse.Namespace) -> int:
         "lifespan": "on",
         "log_level": config.logging.level,
     }
+    # Under systemd the .socket unit's socket (kept open across crashes); else bind here.
+    sockets = [listener] if listener is not None else None
     if workers == 1:
-        uvicorn.run(create_app(config), **common)
-        return 0
+        server = uvicorn.Server(uvicorn.Config(create_app(config), **common))
+        server.run(sockets=sockets)
+        return 0 if server.started else EXIT_STARTUP
     # Several workers: each re-reads the (already validated) file through the factory,
     # and metrics go through prometheus_client's multiprocess directory.
     path = args.config or os.environ.get(ENV_CONFIG)
@@ -113,8 +120,13 @@ def _serve(args: argparse.Namespace) -> int:
     limits_dir = tempfile.mkdtemp(prefix="gpuserve-gateway-limits-")
     os.environ[ENV_FILE] = str(Path(limits_dir) / "in-flight")
     InFlight(config.limits, [], os.environ[ENV_FILE], rows=2 * workers + 2).prepare()
+    # Workers end gracefully when this process dies (listener.exit_with_supervisor).
+    os.environ[ENV_SUPERVISOR] = str(os.getpid())
+    server_config = uvicorn.Config(
+        "gpuserve_api.main:app_from_env", factory=True, workers=workers, **common
+    )
     try:
-        uvicorn.run("gpuserve_api.main:app_from_env", factory=True, workers=workers, **common)
+        Multiprocess(server_config, sockets=sockets or [server_config.bind_socket()]).run()
     finally:
         shutil.rmtree(limits_dir, ignore_errors=True)
         if cleanup:

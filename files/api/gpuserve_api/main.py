@@ -20,6 +20,7 @@ from .auth import KeyStore, load_keys
 from .config import GatewayConfig, Upstream, load_config
 from .deps import GatewayState
 from .limits import ENV_FILE, InFlight, key_names
+from .listener import exit_with_supervisor
 from .logs import setup_logging
 from .metrics import GatewayMetrics
 from .middleware import GatewayMiddleware, is_open
@@ -243,6 +244,7 @@ def create_app(
 
 def app_from_env() -> FastAPI:
     """uvicorn factory for worker processes: config from $GPUSERVE_API_CONFIG."""
+    exit_with_supervisor()
     config = load_config()
     setup_logging(config.logging)
     return create_app(config)

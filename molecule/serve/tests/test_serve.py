@@ -29,6 +29,7 @@ STREAMS = 256
 UNITS = [
     "vllm@tiny-local.service",
     "vllm@tiny-archive.service",
+    "gpuserve-gateway.socket",
     "gpuserve-gateway.service",
     "nginx.service",
 ]
@@ -514,7 +515,8 @@ def test_killed_model_restarts_and_ready_recovers(host):
 # Last: it stops the gateway (and starts it again).
 def test_gateway_down_is_a_503_that_says_503(host):
     unit = "gpuserve-gateway.service"
-    host.check_output(f"systemctl stop {unit}")
+    # With only the service stopped, the next connection to its socket would start it again.
+    host.check_output(f"systemctl stop gpuserve-gateway.socket {unit}")
     try:
         rid = f"testinfra-down-{time.time_ns()}"
         status, body = curl(host, "/v1/models", "-H", f"'X-Request-ID: {rid}'")
@@ -530,7 +532,7 @@ def test_gateway_down_is_a_503_that_says_503(host):
         assert entry["status"] == 503
         assert entry["upstream_status"].startswith("502"), entry
     finally:
-        host.check_output(f"systemctl start {unit}")
+        host.check_output(f"systemctl start gpuserve-gateway.socket {unit}")
     deadline = time.time() + 60
     status = 0
     while time.time() < deadline and status != 200:
