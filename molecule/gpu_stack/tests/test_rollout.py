@@ -36,7 +36,12 @@ FIRST, SECOND = f"{SCENARIO}-debian12", f"{SCENARIO}-debian13"
 INVENTORY_CHECK = "Check the inventory of every stage before any host changes"
 KEY = "ci-test-key-0123456789"
 DRAIN_TIMEOUT = 10
-SERVING_UNITS = ["nginx.service", "gpuserve-gateway.service", "vllm@model-a.service"]
+SERVING_UNITS = [
+    "nginx.service",
+    "gpuserve-gateway.socket",
+    "gpuserve-gateway.service",
+    "vllm@model-a.service",
+]
 REBOOT_TASK = "gpuserve.vllm.nvidia_driver : Reboot to load the new kernel module"
 DRAIN = "gpuserve.vllm.serving_drain : "
 DRAIN_TASKS = [
@@ -44,7 +49,7 @@ DRAIN_TASKS = [
     DRAIN + "Wait for the running requests to finish (nginx exits after the last one)",
     DRAIN + "Report the requests cut at the drain timeout",
     DRAIN + "Cut the requests still running at the drain timeout (nginx fast shutdown)",
-    DRAIN + "Stop nginx, the gateway and the model instances",
+    DRAIN + "Stop nginx, the gateway (its socket first) and the model instances",
 ]
 STOP_ACCEPTING, WAIT = DRAIN_TASKS[0], DRAIN_TASKS[1]
 RESTORE_START = (
