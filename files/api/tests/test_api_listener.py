@@ -41,14 +41,20 @@ def listening_socket(kind: int = socket.SOCK_STREAM) -> socket.socket:
 
 
 def start_activated(
-    workdir: Path, sim: Proc, sock: socket.socket, workers: int, fds: int = 1
+    workdir: Path,
+    sim: Proc,
+    sock: socket.socket,
+    workers: int,
+    fds: int = 1,
+    config_port: int | None = None,
 ) -> subprocess.Popen[bytes]:
     """The gateway as systemd starts it: LISTEN_PID is its own pid, the socket is fd 3.
 
-    listen.port in its config is another free port, which it must not bind.
+    listen.port in its config is config_port (default: another free port), which it must
+    not bind.
     """
     config = {
-        "listen": {"host": "127.0.0.1", "port": free_port(), "workers": workers},
+        "listen": {"host": "127.0.0.1", "port": config_port or free_port(), "workers": workers},
         "upstreams": [{"name": MODEL, "base_url": sim.url}],
         "auth": {"enabled": False},
     }
@@ -108,14 +114,12 @@ def test_serves_on_the_socket_systemd_passes_and_binds_nothing_itself(
     workdir: Path, slow_sim: Proc, workers: int
 ) -> None:
     with listening_socket() as sock:
-        proc = start_activated(workdir, slow_sim, sock, workers)
+        config_port = free_port()
+        proc = start_activated(workdir, slow_sim, sock, workers, config_port=config_port)
         try:
             wait_health(sock.getsockname()[1], proc)
-            config = yaml.safe_load(
-                next(workdir.glob(f"activated-{sock.getsockname()[1]}.yml")).read_text()
-            )
             with pytest.raises(httpx.ConnectError):
-                httpx.get(f"http://127.0.0.1:{config['listen']['port']}/health", timeout=1)
+                httpx.get(f"http://127.0.0.1:{config_port}/health", timeout=1)
         finally:
             stop(proc)
         # uvicorn re-raises the SIGTERM it handled once it has shut down.
