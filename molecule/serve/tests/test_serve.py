@@ -445,6 +445,7 @@ def test_access_log_is_json_with_the_request_id(host):
     # The upstream's status and whether nginx finished the response (issue 18).
     assert entry["upstream_status"] == "200"
     assert entry["completion"] == "OK"
+    assert entry["response_end"] == "complete"
     assert int(entry["upstream_bytes_received"]) > 0
 
 
@@ -531,6 +532,8 @@ def test_gateway_down_is_a_503_that_says_503(host):
         entry = json.loads(line.splitlines()[-1])
         assert entry["status"] == 503
         assert entry["upstream_status"].startswith("502"), entry
+        # nginx answered itself: no upstream response to be complete or cut.
+        assert entry["response_end"] == "-", entry
     finally:
         host.check_output(f"systemctl start gpuserve-gateway.socket {unit}")
     deadline = time.time() + 60

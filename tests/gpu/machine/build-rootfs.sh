@@ -8,9 +8,9 @@
 #   - gcc and libc6-dev: Triton (torch.compile) compiles its CUDA launchers with the host's C
 #     compiler at run time;
 #   - /var/local/gpuserve-apt: a local apt repository (a fixture of an operator's mirror) with
-#     exactly the Debian packages the serving roles install (nginx, prometheus-node-exporter,
-#     python3-venv, python3-packaging and their dependencies), as the only apt source: the GPU
-#     host reaches no network;
+#     exactly the Debian packages the serving roles install (nginx, libnginx-mod-http-js,
+#     prometheus-node-exporter, python3-venv, python3-packaging and their dependencies), as
+#     the only apt source: the GPU host reaches no network;
 #   - /var/local/gpuserve-wheels: the gateway's wheelhouse for Python 3.13
 #     (tests/fixtures/api_wheelhouse) and the NVML exporter's pinned wheels.
 # The packages the roles install are downloaded, not installed: the roles install them.
@@ -67,7 +67,7 @@ apt-get purge -y -qq python3-pip >/dev/null
 # What the serving roles apt-install, with the dependencies this root lacks: downloaded only.
 apt-get clean
 apt-get install -y -qq --download-only --no-install-recommends \
-  nginx prometheus-node-exporter python3-venv python3-packaging >/dev/null
+  nginx libnginx-mod-http-js prometheus-node-exporter python3-venv python3-packaging >/dev/null
 mkdir -p /var/local/gpuserve-apt
 mv /var/cache/apt/archives/*.deb /var/local/gpuserve-apt/
 (cd /var/local/gpuserve-apt && apt-ftparchive packages . > Packages)
