@@ -324,6 +324,10 @@ def test_triton_grpc_infer_through_nginx_over_tls(host):
     python = "/opt/gpuserve/api-venv/bin/python"
     ok = host.check_output(python + " -c %s %s %s", GRPC_INFER, KEY, ca(host))
     assert ok.startswith("OK tls-1 hello "), ok  # the prompt, then the generated text
+    access_log = NGINX_DEFAULTS["nginx_proxy_access_log"]
+    line = host.check_output(f"grep -h GRPCInferenceService/ModelInfer {access_log} | tail -n 1")
+    entry = json.loads(line)
+    assert (entry["status"], entry["response_end"]) == (200, "complete"), entry
     refused = host.check_output(python + " -c %s %s %s", GRPC_INFER, "", ca(host))
     assert refused == "ERROR UNAUTHENTICATED"
 
