@@ -297,6 +297,7 @@ def test_a_dollar_in_a_flag_is_escaped_for_compose() -> None:
     models = [MODELS[0] | {"extra_args": {"api-key": "pa$word"}}]
     text, project = render(vllm_service_models=models)
     assert "--api-key=pa$$word" in project["services"]["vllm-phi-2"]["entrypoint"]
+    assert "pa$word" not in text.replace("$$", "")
 
 
 def _compose() -> list[str] | None:
