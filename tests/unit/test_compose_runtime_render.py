@@ -345,3 +345,12 @@ def test_docker_compose_config_accepts_the_file(engine: str, tmp_path: Path) -> 
         assert devices[0]["device_ids"] == ["2", "3"]
     assert normalised["gateway"]["depends_on"]["vllm-tiny"]["condition"] == "service_healthy"
     assert re.fullmatch(r"\d+", str(normalised["vllm-phi-2"]["mem_limit"]))
+
+
+def test_the_models_with_compose_limits_pass_vllm_services_spec() -> None:
+    from test_argument_specs import validate
+
+    assert validate("vllm_service", {"vllm_service_models": MODELS}) == []
+    wrong = [MODELS[0] | {"compose": {"memory": "4g"}}]
+    (error,) = validate("vllm_service", {"vllm_service_models": wrong})
+    assert "vllm_service_models.compose.memory" in error
