@@ -354,3 +354,96 @@ def test_the_models_with_compose_limits_pass_vllm_services_spec() -> None:
     wrong = [MODELS[0] | {"compose": {"memory": "4g"}}]
     (error,) = validate("vllm_service", {"vllm_service_models": wrong})
     assert "vllm_service_models.compose.memory" in error
+
+
+SERVER = """
+import http.server, os, socketserver, sys
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/health" else 404)
+        self.end_headers()
+    def address_string(self):
+        return "uds"
+path = sys.argv[1]
+if os.path.exists(path):
+    os.unlink(path)
+socketserver.UnixStreamServer(path, Health).serve_forever()
+"""
+
+
+def test_the_socket_health_probe_passes_through_a_read_only_mount(tmp_path: Path) -> None:
+    """The rendered probe of a uds model, run by Docker as the health check of a stand-in engine
+    (a Python /health server on a unix socket, NOT vLLM) and of a client that mounts the socket
+    directory read-only as the gateway does: both must become healthy under `up --wait`, with
+    read-only roots, no capabilities and the images' non-root uid. Needs a compose v2 CLI, a
+    Docker daemon and the gpuserve-test/debian13 image (make images)."""
+    compose = _compose()
+    image = "gpuserve-test/debian13:latest"
+    if compose is None:
+        pytest.skip("no compose v2 CLI here: run tests/fixtures/compose_v2/fetch.sh")
+    if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode:
+        pytest.skip(f"no Docker daemon or no {image} image (make images)")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    os.chown(run_dir, 10001, 10001)
+    (tmp_path / "server.py").write_text(SERVER)
+    models = [MODELS[0]]
+    _, rendered = render(vllm_service_models=models, vllm_service_run_dir=str(run_dir))
+    engine = rendered["services"]["vllm-phi-2"]
+    probe = engine["healthcheck"]["test"][3].replace("$$", "$")
+    socket_path = str(run_dir / "phi-2.sock")
+    assert socket_path in probe
+    shared = {"type": "bind", "source": str(run_dir), "target": str(run_dir)}
+    check = {"test": ["CMD", "python3", "-c", probe], "interval": "1s", "retries": 3}
+    base = {
+        "image": image,
+        "user": engine["user"],
+        "network_mode": "host",
+        "read_only": True,
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges:true"],
+        "healthcheck": check | {"start_period": "20s"},
+    }
+    server = {"type": "bind", "source": str(tmp_path / "server.py"), "target": "/srv/server.py"}
+    project = {
+        "name": "compose-test-probe",
+        "services": {
+            "engine": base
+            | {
+                "entrypoint": ["python3", "/srv/server.py", socket_path],
+                "volumes": [server | {"read_only": True}, shared],
+            },
+            "gateway": base
+            | {
+                "entrypoint": ["sleep", "infinity"],
+                "volumes": [shared | {"read_only": True}],
+                "depends_on": {"engine": {"condition": "service_healthy"}},
+            },
+        },
+    }
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(yaml.safe_dump(project, sort_keys=False).replace("$", "$$"))
+    cli = [*compose, "-f", str(path)]
+    try:
+        up = subprocess.run(
+            [*cli, "up", "--detach", "--wait", "--wait-timeout", "60"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        ps = subprocess.run(
+            [*cli, "ps", "--all", "--format", "json"], capture_output=True, text=True, check=True
+        )
+        # One JSON array (compose < 2.21) or one object per line, as the role's verify reads it.
+        out = ps.stdout.strip()
+        containers = (
+            yaml.safe_load(out)
+            if out.startswith("[")
+            else [yaml.safe_load(line) for line in out.splitlines()]
+        )
+        states = {c["Service"]: (c["State"], c.get("Health")) for c in containers}
+        assert up.returncode == 0, up.stderr
+        assert states == {"engine": ("running", "healthy"), "gateway": ("running", "healthy")}
+    finally:
+        subprocess.run([*cli, "down", "--timeout", "1"], capture_output=True, check=False)
