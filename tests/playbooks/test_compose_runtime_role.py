@@ -127,3 +127,25 @@ def test_check_mode_writes_nothing(run_playbook: Any, tmp_path: Path) -> None:
     assert not (tmp_path / "project").exists()
     (said,) = run.task_results("Say why check mode does not start the project")
     assert "would change" in said["msg"]
+
+
+def test_the_images_come_from_container_images_record(run_playbook: Any, tmp_path: Path) -> None:
+    extra = _setup(tmp_path)
+    del extra["compose_runtime_engine_image"], extra["compose_runtime_gateway_image"]
+    record = tmp_path / "images.json"
+    record.write_text(
+        '{"schema": 1, "images": {"simulator": {"ref": "gpuserve/engine-simulator:k1"},'
+        ' "vllm": {"ref": "gpuserve/vllm:k0"}, "gateway": {"ref": "gpuserve/gateway:k2"}}}'
+    )
+    run = run_playbook(
+        PLAYBOOK, extra | {"compose_runtime_images_record": str(record)}, skip_tags=SKIP
+    )
+    assert run.status == "successful", run.stdout[-3000:]
+    services = yaml.safe_load((tmp_path / "project" / "docker-compose.yml").read_text())["services"]
+    assert services["vllm-tiny"]["image"] == "gpuserve/engine-simulator:k1"
+    assert services["gateway"]["image"] == "gpuserve/gateway:k2"
+    missing = run_playbook(PLAYBOOK, extra, skip_tags=SKIP)  # no record, no variables
+    assert missing.status == "failed"
+    (message,) = missing.failure_messages()
+    assert "No engine (simulator) image" in message
+    assert "not found" in message
