@@ -1,14 +1,16 @@
 """An instance's command line has one definition (plugins/filter/vllm_service.py), shared by
 the systemd drop-in (roles/vllm_service/templates/instance.conf.j2) and the compose runtime.
 
-The drop-in rendered with the filter is compared byte for byte with the drop-in the template
-rendered before the move (tests/unit/data/vllm_service_before/: the template and the role's
-vars/main.yml as they were), through Ansible's own templating with the role's defaults, for
-entries that exercise systemd's quoting (spaces, %, $, quotes, backslashes, ;), lists,
-booleans, numbers, both listen modes and both engines."""
+The drop-in, rendered through Ansible's own templating with the role's defaults, is compared
+byte for byte with the FIXTURE drop-ins in tests/unit/data/vllm_service_dropins/: what the
+Jinja-only template rendered before the command line moved into the filter (written once
+from that template, as of commit b287da7), for entries that exercise systemd's
+quoting (spaces, %, $, quotes, backslashes, ;), lists, booleans, numbers, both listen modes
+and both engines. A deliberate change of the command line updates them."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from ansible_collections.gpuserve.vllm.plugins.filter.vllm_service import (
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLE = ROOT / "roles" / "vllm_service"
-BEFORE = Path(__file__).resolve().parent / "data" / "vllm_service_before"
+EXPECTED = Path(__file__).resolve().parent / "data" / "vllm_service_dropins"
 
 HF = {"type": "hf", "repo_id": "microsoft/phi-2", "revision": "ef38" * 10}
 ENTRIES: dict[str, dict[str, Any]] = {
@@ -71,10 +73,10 @@ COMMON = {
 }
 
 
-def _variables(vars_file: Path, engine: str, **overrides: Any) -> tuple[DataLoader, dict]:
+def _variables(engine: str, **overrides: Any) -> tuple[DataLoader, dict]:
     loader = DataLoader()
     variables: dict[str, Any] = {}
-    for path in (ROLE / "defaults" / "main.yml", vars_file):
+    for path in (ROLE / "defaults" / "main.yml", ROLE / "vars" / "main.yml"):
         variables.update(loader.load_from_file(str(path), trusted_as_template=True))
     variables.update(
         inventory_hostname="gpu1",
@@ -85,21 +87,22 @@ def _variables(vars_file: Path, engine: str, **overrides: Any) -> tuple[DataLoad
     return loader, variables
 
 
-def _instances(vars_file: Path, engine: str, **overrides: Any) -> list[dict[str, Any]]:
-    loader, variables = _variables(vars_file, engine, **overrides)
+def _instances(engine: str, **overrides: Any) -> list[dict[str, Any]]:
+    loader, variables = _variables(engine, **overrides)
     return Templar(loader=loader, variables=variables).template(
         trust_as_template("{{ _vllm_service_instances }}")
     )
 
 
-def _dropin(template: Path, vars_file: Path, engine: str, **overrides: Any) -> str:
-    loader, variables = _variables(vars_file, engine, **overrides)
+def _dropin(engine: str, **overrides: Any) -> str:
+    loader, variables = _variables(engine, **overrides)
     instance = Templar(loader=loader, variables=variables).template(
         trust_as_template("{{ _vllm_service_instances }}")
     )[0]
     templar = Templar(loader=loader, variables=variables | {"_vllm_service_instance": instance})
     # As the template action renders a file (ansible/plugins/action/template.py).
-    return templar.template(trust_as_template(template.read_text()), escape_backslashes=False)
+    template = (ROLE / "templates" / "instance.conf.j2").read_text()
+    return templar.template(trust_as_template(template), escape_backslashes=False)
 
 
 def _overrides(case: str, common: bool) -> dict[str, Any]:
@@ -115,21 +118,18 @@ def _overrides(case: str, common: bool) -> dict[str, Any]:
 def test_the_dropin_is_byte_identical_to_the_one_before_the_filter(
     case: str, engine: str, common: bool
 ) -> None:
-    overrides = _overrides(case, common)
-    before = _dropin(BEFORE / "instance.conf.j2", BEFORE / "vars_main.yml", engine, **overrides)
-    after = _dropin(
-        ROLE / "templates" / "instance.conf.j2", ROLE / "vars" / "main.yml", engine, **overrides
-    )
+    name = f"{case}-{engine}-{'common-args' if common else 'role-defaults'}.conf"
+    after = _dropin(engine, **_overrides(case, common))
     assert "ExecStart=" in after
-    assert after == before
+    assert after == (EXPECTED / name).read_text()
 
 
 @pytest.mark.parametrize("engine", ["vllm", "simulator"])
 def test_the_instances_equal_the_jinja_ones_before(engine: str) -> None:
     models = [e for e in ENTRIES.values() if e]
-    before = _instances(BEFORE / "vars_main.yml", engine, vllm_service_models=models)
-    after = _instances(ROLE / "vars" / "main.yml", engine, vllm_service_models=models)
-    assert [dict(i) for i in after] == [dict(i) for i in before]
+    after = _instances(engine, vllm_service_models=models)
+    expected = json.loads((EXPECTED / f"instances-{engine}.json").read_text())
+    assert json.loads(json.dumps([dict(i) for i in after], default=str)) == expected
     assert [i["store"] for i in after] == [
         "q1@v1",
         "tcp-model@" + "ab" * 6,
@@ -138,12 +138,7 @@ def test_the_instances_equal_the_jinja_ones_before(engine: str) -> None:
 
 
 def test_the_quoting_case_reaches_systemd_escaped() -> None:
-    dropin = _dropin(
-        ROLE / "templates" / "instance.conf.j2",
-        ROLE / "vars" / "main.yml",
-        "vllm",
-        **_overrides("quoting", True),
-    )
+    dropin = _dropin("vllm", **_overrides("quoting", True))
     lines = [line.strip().removesuffix(" \\") for line in dropin.splitlines()]
     assert '"--api-key=pa$$$$word%%with;semicolon"' in lines
     assert '"--chat-template=/etc/vllm/chat templates/phi 2.jinja"' in lines
