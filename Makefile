@@ -22,7 +22,7 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help deploy demo demo-destroy test lint unit molecule images docker bench-api version-lock clean vllm-source-bundle
+.PHONY: help deploy demo demo-destroy test lint unit molecule images docker compose-v2 bench-api version-lock clean vllm-source-bundle
 
 help:
 	@echo "make deploy   set up the controller and run site.yml against $(INVENTORY)"
@@ -53,7 +53,10 @@ $(VENV)/.tests: $(VENV)/.controller tests/requirements.txt files/api/pyproject.t
 deploy: $(VENV)/.controller
 	$(BIN)/ansible-playbook -i $(INVENTORY) site.yml $(ARGS)
 
-test: $(VENV)/.tests docker images lint unit molecule
+# In `make test` the Docker-backed unit and playbook tests (compose v2 CLI, test images) must
+# run: missing tools fail them instead of skipping them (tests/conftest.py).
+test: export GPUSERVE_TESTS_REQUIRE_DOCKER := 1
+test: $(VENV)/.tests docker images compose-v2 lint unit molecule
 	@echo "make test: all checks passed"
 
 # --- air-gapped vLLM builds (docs/vllm-build.md) ------------------------------
@@ -67,6 +70,11 @@ vllm-source-bundle:
 # --- parts ------------------------------------------------------------------
 docker:
 	tests/docker-engine.sh
+
+# Debian 13's compose v2 CLI for the compose runtime's tests (tests/fixtures/compose_v2/fetch.sh).
+compose-v2: .cache/compose-v2/docker-compose
+.cache/compose-v2/docker-compose: tests/fixtures/compose_v2/fetch.sh | images
+	tests/fixtures/compose_v2/fetch.sh
 
 images: docker
 	@command -v debootstrap >/dev/null || { apt-get update -qq && apt-get install -y -qq debootstrap >/dev/null; }

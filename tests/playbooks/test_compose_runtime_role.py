@@ -11,13 +11,9 @@ is not touched); the simulator engine skips the NVIDIA hook check.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from playbook_run import PlaybookRun
 
@@ -29,23 +25,10 @@ WRITE = (
 )
 
 
-def _compose_binary() -> list[str]:
-    fetched = os.environ.get("GPUSERVE_COMPOSE_V2", str(ROOT / ".cache/compose-v2/docker-compose"))
-    if Path(fetched).is_file() and os.access(fetched, os.X_OK):
-        return [fetched]
-    docker = shutil.which("docker")
-    if (
-        docker
-        and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0
-    ):
-        return [docker, "compose"]
-    pytest.skip("no compose v2 CLI here: run tests/fixtures/compose_v2/fetch.sh")
-
-
-def _setup(tmp_path: Path) -> dict[str, Any]:
+def _setup(tmp_path: Path, compose_v2: list[str]) -> dict[str, Any]:
     wrapper = tmp_path / "bin" / "docker"
     wrapper.parent.mkdir()
-    binary = " ".join(_compose_binary())
+    binary = " ".join(compose_v2)
     wrapper.write_text(
         "#!/bin/sh\n"
         '[ "$1" = compose ] || { echo "test wrapper: only docker compose" >&2; exit 64; }\n'
@@ -87,9 +70,9 @@ def _changed(run: PlaybookRun) -> list[str]:
 
 
 def test_the_file_is_written_validated_and_a_second_run_changes_nothing(
-    run_playbook: Any, tmp_path: Path
+    run_playbook: Any, tmp_path: Path, compose_v2: list[str]
 ) -> None:
-    extra = _setup(tmp_path)
+    extra = _setup(tmp_path, compose_v2)
     first = run_playbook(PLAYBOOK, extra, skip_tags=SKIP)
     assert first.status == "successful", first.stdout[-3000:]
     assert WRITE in _changed(first)
@@ -103,9 +86,9 @@ def test_the_file_is_written_validated_and_a_second_run_changes_nothing(
 
 
 def test_a_file_compose_rejects_never_replaces_the_live_one(
-    run_playbook: Any, tmp_path: Path
+    run_playbook: Any, tmp_path: Path, compose_v2: list[str]
 ) -> None:
-    extra = _setup(tmp_path)
+    extra = _setup(tmp_path, compose_v2)
     assert run_playbook(PLAYBOOK, extra, skip_tags=SKIP).status == "successful"
     live = tmp_path / "project" / "docker-compose.yml"
     before = live.read_text()
@@ -120,8 +103,10 @@ def test_a_file_compose_rejects_never_replaces_the_live_one(
     assert "shm_size" in run.stdout  # compose's own reason reaches the play's output
 
 
-def test_check_mode_writes_nothing(run_playbook: Any, tmp_path: Path) -> None:
-    extra = _setup(tmp_path)
+def test_check_mode_writes_nothing(
+    run_playbook: Any, tmp_path: Path, compose_v2: list[str]
+) -> None:
+    extra = _setup(tmp_path, compose_v2)
     run = run_playbook(PLAYBOOK, extra, skip_tags="compose_runtime_verify", check=True)
     assert run.status == "successful", run.stdout[-3000:]
     assert not (tmp_path / "project").exists()
@@ -129,8 +114,10 @@ def test_check_mode_writes_nothing(run_playbook: Any, tmp_path: Path) -> None:
     assert "would change" in said["msg"]
 
 
-def test_the_images_come_from_container_images_record(run_playbook: Any, tmp_path: Path) -> None:
-    extra = _setup(tmp_path)
+def test_the_images_come_from_container_images_record(
+    run_playbook: Any, tmp_path: Path, compose_v2: list[str]
+) -> None:
+    extra = _setup(tmp_path, compose_v2)
     del extra["compose_runtime_engine_image"], extra["compose_runtime_gateway_image"]
     record = tmp_path / "images.json"
     record.write_text(

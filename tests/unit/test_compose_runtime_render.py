@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -300,28 +299,11 @@ def test_a_dollar_in_a_flag_is_escaped_for_compose() -> None:
     assert "pa$word" not in text.replace("$$", "")
 
 
-def _compose() -> list[str] | None:
-    """A compose v2 CLI: `docker compose`, or the binary tests/fixtures/compose_v2/fetch.sh
-    copies out of Debian 13's docker-compose package (2.26)."""
-    fetched = os.environ.get("GPUSERVE_COMPOSE_V2", str(ROOT / ".cache/compose-v2/docker-compose"))
-    if Path(fetched).is_file() and os.access(fetched, os.X_OK):
-        return [fetched]
-    docker = shutil.which("docker")
-    if docker:
-        probe = subprocess.run([docker, "compose", "version"], capture_output=True, check=False)
-        if probe.returncode == 0:
-            return [docker, "compose"]
-    return None
-
-
 @pytest.mark.parametrize("engine", ["vllm", "simulator"])
-def test_docker_compose_config_accepts_the_file(engine: str, tmp_path: Path) -> None:
-    compose = _compose()
-    if compose is None:
-        pytest.skip(
-            "no compose v2 CLI here (Debian 12 ships docker-compose 1.29 only): "
-            "run tests/fixtures/compose_v2/fetch.sh or set GPUSERVE_COMPOSE_V2"
-        )
+def test_docker_compose_config_accepts_the_file(
+    engine: str, tmp_path: Path, compose_v2: list[str]
+) -> None:
+    compose = compose_v2
     text, _ = render(vllm_service_engine=engine)
     path = tmp_path / "docker-compose.yml"
     path.write_text(text)
@@ -371,18 +353,15 @@ socketserver.UnixStreamServer(path, Health).serve_forever()
 """
 
 
-def test_the_socket_health_probe_passes_through_a_read_only_mount(tmp_path: Path) -> None:
+def test_the_socket_health_probe_passes_through_a_read_only_mount(
+    tmp_path: Path, compose_v2: list[str], debian13_test_image: str
+) -> None:
     """The rendered probe of a uds model, run by Docker as the health check of a stand-in engine
     (a Python /health server on a unix socket, NOT vLLM) and of a client that mounts the socket
     directory read-only as the gateway does: both must become healthy under `up --wait`, with
     read-only roots, no capabilities and the images' non-root uid. Needs a compose v2 CLI, a
     Docker daemon and the gpuserve-test/debian13 image (make images)."""
-    compose = _compose()
-    image = "gpuserve-test/debian13:latest"
-    if compose is None:
-        pytest.skip("no compose v2 CLI here: run tests/fixtures/compose_v2/fetch.sh")
-    if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode:
-        pytest.skip(f"no Docker daemon or no {image} image (make images)")
+    compose, image = compose_v2, debian13_test_image
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     os.chown(run_dir, 10001, 10001)
