@@ -172,20 +172,24 @@ auth:
 """
 
 
-@pytest.fixture
-def container(tmp_path):
-    started: list[str] = []
-
-    def run(image: str, *args: str) -> tuple[str, int]:
-        name = f"gpuserve-ci-img-{image}-{uuid.uuid4().hex[:8]}"
-        docker("run", "-d", "--name", name, "-p", "127.0.0.1::8000", *args, ref(image))
-        started.append(name)
-        port = int(docker("port", name, "8000/tcp").stdout.splitlines()[0].rsplit(":", 1)[1])
-        return name, port
-
-    yield run
-    for name in started:
-        docker("rm", "-f", name, check=False)
+@pytest.fixture(scope="module")
+def running(tmp_path_factory):
+    """A simulator and a gateway container, started together (health checks run every 10 s)."""
+    config = tmp_path_factory.mktemp("gateway") / "gateway.yml"
+    config.write_text(GATEWAY_CONFIG)
+    config.chmod(0o644)
+    started: dict[str, tuple[str, int]] = {}
+    args = {"simulator": [], "gateway": ["-v", f"{config}:/etc/gpuserve/gateway.yml:ro"]}
+    try:
+        for image, extra in args.items():
+            name = f"gpuserve-ci-img-{image}-{uuid.uuid4().hex[:8]}"
+            docker("run", "-d", "--name", name, "-p", "127.0.0.1::8000", *extra, ref(image))
+            port = docker("port", name, "8000/tcp").stdout.splitlines()[0].rsplit(":", 1)[1]
+            started[image] = (name, int(port))
+        yield started
+    finally:
+        for name, _port in started.values():
+            docker("rm", "-f", name, check=False)
 
 
 def wait_healthy(name: str, timeout: float = 60) -> str:
@@ -204,19 +208,9 @@ def _get(port: int, path: str) -> int:
         return resp.status
 
 
-def test_simulator_container_becomes_healthy_and_answers_health(container):
-    name, port = container("simulator")
-    status = wait_healthy(name)
-    logs = docker("logs", name, check=False)
-    assert status == "healthy", logs.stdout + logs.stderr
-    assert _get(port, "/health") == 200
-
-
-def test_gateway_container_becomes_healthy_and_answers_health(container, tmp_path):
-    config = tmp_path / "gateway.yml"
-    config.write_text(GATEWAY_CONFIG)
-    config.chmod(0o644)
-    name, port = container("gateway", "-v", f"{config}:/etc/gpuserve/gateway.yml:ro")
+@pytest.mark.parametrize("image", ["simulator", "gateway"])
+def test_container_becomes_healthy_by_its_healthcheck_and_answers_health(running, image):
+    name, port = running[image]
     status = wait_healthy(name)
     logs = docker("logs", name, check=False)
     assert status == "healthy", logs.stdout + logs.stderr
