@@ -3,7 +3,8 @@
 Legacy-builder syntax only (Debian's docker.io 20.10 has no BuildKit: no `RUN --mount`, no
 `# syntax=`), a configurable base (`ARG BASE_IMAGE` before the first FROM), and for the runtime
 images (vLLM / simulator engine, gateway): a numeric non-root USER, a HEALTHCHECK on /health
-without curl, EXPOSE of the entry point's port, no compiler packages. The molecule scenario
+without curl, EXPOSE of the entry point's port, no compiler packages (but gcc for Triton's JIT in
+the vLLM image, behind its switch). The molecule scenario
 checks the built images; these catch a broken Dockerfile before any build.
 """
 
@@ -51,9 +52,26 @@ def test_only_legacy_builder_syntax(name):
 
 
 @pytest.mark.parametrize("name", RUNTIME)
-def test_runtime_image_installs_no_compiler(name):
-    runs = " ".join(args for word, args in instructions(name) if word == "RUN")
-    assert not COMPILERS.search(runs), COMPILERS.search(runs)
+def test_runtime_image_installs_no_compiler_but_the_vllm_jit_gcc(name):
+    for word, args in instructions(name):
+        if word != "RUN":
+            continue
+        if "${JIT_COMPILER}" in args:
+            # Only behind the switch, and only gcc + libc headers (Triton's JIT launcher).
+            assert name == "engine.Dockerfile"
+            assert 'if [ "${JIT_COMPILER}" = true ]' in args
+            assert "install -y --no-install-recommends gcc libc6-dev;" in args
+            args = args.replace("gcc libc6-dev", "")
+        assert not COMPILERS.search(args), COMPILERS.search(args)
+
+
+def test_vllm_image_switches_the_jit_compiler_on_and_the_simulator_does_not():
+    tasks = (ROOT / "roles/container_images/tasks/vllm_image.yml").read_text()
+    assert 'JIT_COMPILER: "{{ container_images_vllm_jit_compiler | bool | lower }}"' in tasks
+    assert (
+        "JIT_COMPILER" not in (ROOT / "roles/container_images/tasks/package_image.yml").read_text()
+    )
+    assert ("ARG", "JIT_COMPILER=false") in instructions("engine.Dockerfile")
 
 
 @pytest.mark.parametrize("name", RUNTIME)

@@ -5,6 +5,7 @@
 # $GPUSERVE_MODEL, extra engine flags as arguments) and the same /health check, so the compose
 # runtime switches engines with one variable.
 # Built by roles/container_images with the legacy builder too (no BuildKit, no RUN --mount).
+# No compiler, except gcc in the vLLM image for Triton's JIT (JIT_COMPILER, see below).
 # The build context holds: this file, gpuserve-entrypoint.sh, wheels/ (wheels pip installs
 # from) and src/ (a staged package source, or empty).
 ARG BASE_IMAGE
@@ -29,6 +30,16 @@ RUN python3 -m venv /opt/gpuserve/venv \
 
 FROM python
 ARG GPUSERVE_ENGINE
+# vLLM image only (container_images_vllm_jit_compiler): Triton JIT-compiles its CUDA launcher
+# with the host C compiler at the first model load ("Failed to find C compiler" without it), as
+# vLLM's own runtime image keeps gcc for. gcc and libc headers only: no g++, no nvcc, no make.
+ARG JIT_COMPILER=false
+RUN set -eu; \
+    if [ "${JIT_COMPILER}" = true ]; then \
+      apt-get update; \
+      DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends gcc libc6-dev; \
+      rm -rf /var/lib/apt/lists/*; \
+    fi
 ARG GPUSERVE_KEY
 ARG GPUSERVE_PROFILE=""
 ARG GPUSERVE_VERSION=""
