@@ -17,6 +17,8 @@ done
 
 tests/fixtures/api_wheelhouse/build.sh
 tests/fixtures/tiny_model/build.sh
+# The vLLM sdist (vllm_build's fixture, container_images's fixture wheel) before two prepares race.
+SDIST_ONLY=1 tests/fixtures/vllm_build/prepare.sh
 
 run_scenario() {
   local s="$1" log="$logs/$1.log" start
