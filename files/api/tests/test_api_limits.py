@@ -79,6 +79,18 @@ def _open(stack: contextlib.ExitStack, gw: Proc, headers: dict[str, str], n: int
     return statuses
 
 
+def _open_when_released(gw: Proc, headers: dict[str, str], n: int) -> list[int]:
+    """``_open`` of ``n`` streams, retried for up to 5 s while a closed stream's slot is still
+    being released; the last attempt's statuses (a slot that never frees still fails)."""
+    deadline = time.monotonic() + 5
+    while True:
+        with contextlib.ExitStack() as stack:
+            statuses = _open(stack, gw, headers, n)
+        if statuses == [200] * n or time.monotonic() > deadline:
+            return statuses
+        time.sleep(0.2)
+
+
 def test_caps_hold_across_two_workers(two_workers: Proc) -> None:
     assert len(_workers(two_workers)) == 2
     with contextlib.ExitStack() as stack:
@@ -86,9 +98,10 @@ def test_caps_hold_across_two_workers(two_workers: Proc) -> None:
         assert sorted(_open(stack, two_workers, ALICE, 8)) == [200] * 3 + [429] * 5
         # Another key: room up to the global cap (5), then 429 for it too.
         assert sorted(_open(stack, two_workers, BOB, 3)) == [200] * 2 + [429]
-    # All streams closed: every slot is free again, on every worker.
-    with contextlib.ExitStack() as stack:
-        assert _open(stack, two_workers, ALICE, 3) == [200] * 3
+    # All streams closed: every slot is free again, on every worker, once the workers have
+    # seen the clients' closes (asynchronous: a worker may still be relaying when the next
+    # request comes; seen as one 429 in a fresh-clone run).
+    assert _open_when_released(two_workers, ALICE, 3) == [200] * 3
 
 
 def test_a_killed_worker_leaves_no_slot_taken(two_workers: Proc) -> None:
