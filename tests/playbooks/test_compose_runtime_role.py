@@ -134,5 +134,6 @@ def test_the_images_come_from_container_images_record(
     missing = run_playbook(PLAYBOOK, extra, skip_tags=SKIP)  # no record, no variables
     assert missing.status == "failed"
     (message,) = missing.failure_messages()
-    assert "No engine (simulator) image" in message
+    assert "No engine (simulator), gateway image" in message
+    assert "compose_runtime_engine_image, compose_runtime_gateway_image" in message
     assert "not found" in message

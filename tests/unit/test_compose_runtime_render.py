@@ -1,7 +1,7 @@
 """roles/compose_runtime's docker-compose.yml rendered by Ansible's own templating, with the
 defaults of the roles whose public variables it reads (vllm_service, gateway, nginx_proxy) and
 its own: one service per model with its GPUs, environment, health check and limits, the
-gateway waiting for the models, nginx for the gateway. When a compose v2 binary is on this
+gateway, nginx waiting for the gateway. When a compose v2 binary is on this
 machine (`docker compose`, or tests/fixtures/compose_v2/fetch.sh's copy), the rendered file
 also goes through `docker compose config -q`, the check the role runs before it replaces the
 live file."""
@@ -24,6 +24,7 @@ ROLES = ROOT / "roles"
 IMAGES = {
     "engine": "gpuserve/vllm:0123456789ab",
     "gateway": "gpuserve/gateway:fedcba987654",
+    "nginx": "gpuserve/nginx:a1b2c3d4e5f6",
 }
 GIDS = {"models": 994, "gateway": 993}
 MODELS: list[dict[str, Any]] = [
@@ -73,6 +74,7 @@ def render(**overrides: Any) -> tuple[str, dict[str, Any]]:
         vllm_service_models=MODELS,
         _compose_runtime_images=IMAGES,
         _compose_runtime_gids=GIDS,
+        _compose_runtime_kept_services={},
     )
     variables.update(overrides)
     text = (ROLES / "compose_runtime" / "templates" / "docker-compose.yml.j2").read_text()
@@ -217,9 +219,9 @@ def test_health_checks_and_start_order(project: dict[str, Any]) -> None:
     assert "http://127.0.0.1:8100/health" in tiny
     gateway = services["gateway"]
     assert "http://127.0.0.1:8080/health" in gateway["healthcheck"]["test"][3]
-    assert gateway["depends_on"] == {
-        s: {"condition": "service_healthy"} for s in ("vllm-phi-2", "vllm-tiny", "vllm-any-gpu")
-    }
+    # No depends_on on the engines: a model switch changes that list and must not recreate the
+    # gateway (up --wait gates on every engine anyway).
+    assert "depends_on" not in gateway
     nginx = services["nginx"]
     assert nginx["depends_on"] == {"gateway": {"condition": "service_healthy"}}
     assert nginx["healthcheck"]["test"][-1] == "https://127.0.0.1:443/health"
@@ -263,6 +265,7 @@ def test_only_nginx_listens_beyond_loopback(project: dict[str, Any]) -> None:
         "/etc/nginx/nginx.conf": True,
         "/etc/nginx/conf.d": True,
         "/etc/nginx/tls": True,
+        "/etc/nginx/gpuserve": True,
         "/var/log/nginx": False,
     }
 
@@ -325,7 +328,7 @@ def test_docker_compose_config_accepts_the_file(
     if engine == "vllm":
         devices = normalised["vllm-phi-2"]["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["device_ids"] == ["2", "3"]
-    assert normalised["gateway"]["depends_on"]["vllm-tiny"]["condition"] == "service_healthy"
+    assert normalised["nginx"]["depends_on"]["gateway"]["condition"] == "service_healthy"
     assert re.fullmatch(r"\d+", str(normalised["vllm-phi-2"]["mem_limit"]))
 
 
