@@ -4,7 +4,9 @@ Legacy-builder syntax only (Debian's docker.io 20.10 has no BuildKit: no `RUN --
 `# syntax=`), a configurable base (`ARG BASE_IMAGE` before the first FROM), and for the runtime
 images (vLLM / simulator engine, gateway): a numeric non-root USER, a HEALTHCHECK on /health
 without curl, EXPOSE of the entry point's port, no compiler packages (but gcc for Triton's JIT in
-the vLLM image, behind its switch). The molecule scenario
+the vLLM image, behind its switch); for the nginx image: the distribution's nginx packages, the
+same nginx and njs packages as roles/nginx_proxy installs on a host, no default site. The
+molecule scenario
 checks the built images; these catch a broken Dockerfile before any build.
 """
 
@@ -19,7 +21,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 FILES = ROOT / "roles/container_images/files"
 RUNTIME = ["engine.Dockerfile", "gateway.Dockerfile"]
-ALL = [*RUNTIME, "build-env.Dockerfile"]
+ALL = [*RUNTIME, "build-env.Dockerfile", "nginx.Dockerfile"]
 COMPILERS = re.compile(r"\b(build-essential|gcc|g\+\+|clang|cpp|python3-dev|cuda-nvcc\S*)\b")
 
 
@@ -119,3 +121,50 @@ def test_default_cuda_bases_follow_the_version_matrix():
         "/nvidia/cuda:{{ container_images_cuda_image_version }}-devel-ubuntu24.04"
     )
     assert defaults["container_images_registry"] == "docker.io"
+
+
+def _defaults() -> dict:
+    return yaml.safe_load((ROOT / "roles/container_images/defaults/main.yml").read_text())
+
+
+def test_nginx_image_has_every_nginx_package_of_the_nginx_proxy_role():
+    # The image runs the config nginx_proxy renders (njs js_import, modules-enabled): a module
+    # package the role installs on a host and the image lacks would fail that config in compose.
+    proxy = yaml.safe_load((ROOT / "roles/nginx_proxy/vars/main.yml").read_text())
+    wanted = [p for p in proxy["_nginx_proxy_packages"] if p.startswith(("nginx", "libnginx"))]
+    assert "nginx" in wanted
+    assert "libnginx-mod-http-js" in wanted
+    image = _defaults()["container_images_nginx_packages"]
+    assert [p for p in wanted if p not in image] == []
+    # The compose health check runs curl in the container.
+    assert "curl" in image
+
+
+def test_nginx_image_installs_the_package_list_without_recommends_and_no_default_site():
+    steps = instructions("nginx.Dockerfile")
+    assert ("ARG", "NGINX_PACKAGES") in steps
+    (run,) = [args for word, args in steps if word == "RUN"]
+    assert "apt-get install -y --no-install-recommends ${NGINX_PACKAGES};" in run
+    assert "rm -rf /var/lib/apt/lists/*;" in run
+    assert "rm -f /etc/nginx/sites-enabled/default" in run
+    assert ("CMD", '["nginx", "-g", "daemon off;"]') in steps
+    assert not [w for w, _a in steps if w in ("HEALTHCHECK", "ENTRYPOINT", "USER")]
+    (label,) = [args for word, args in steps if word == "LABEL"]
+    assert 'io.gpuserve.image="nginx"' in label
+    assert 'io.gpuserve.key="${GPUSERVE_KEY}"' in label
+    assert 'io.gpuserve.profile="${GPUSERVE_PROFILE}"' in label
+
+
+def test_nginx_image_is_built_for_the_compose_runtime_on_the_gateway_base():
+    defaults = _defaults()
+    assert defaults["container_images_nginx"] == (
+        "{{ (gpuserve_runtime | default('systemd')) == 'compose' }}"
+    )
+    assert defaults["container_images_nginx_base"] == "{{ container_images_python_base }}"
+    tasks = (ROOT / "roles/container_images/tasks/nginx_image.yml").read_text()
+    # The tag (= key) follows the Dockerfile, the base and the package list.
+    assert "lookup('ansible.builtin.file', 'nginx.Dockerfile')" in tasks
+    assert "container_images_nginx_base, _packages]" in tasks
+    main = (ROOT / "roles/container_images/tasks/main.yml").read_text()
+    assert "file: nginx_image.yml" in main
+    assert "when: container_images_nginx" in main

@@ -31,6 +31,9 @@ NAMES = {
     "gateway": "gpuserve-ci-img/gateway",
 }
 RUNTIME = list(NAMES)
+# The compose runtime's nginx image (the distribution's nginx + njs): not a gpuserve runtime
+# image (no venv, user, health check or entry point of its own).
+NGINX = "gpuserve-ci-img/nginx"
 
 _spec = importlib.util.spec_from_file_location("check_mode", ROOT / "molecule/shared/check_mode.py")
 check_mode = importlib.util.module_from_spec(_spec)
@@ -70,8 +73,8 @@ def ref(image: str) -> str:
 
 def test_record_names_every_image_with_its_tag_and_key():
     images = record()["images"]
-    assert sorted(images) == ["gateway", "simulator", "vllm"]
-    for image, name in NAMES.items():
+    assert sorted(images) == ["gateway", "nginx", "simulator", "vllm"]
+    for image, name in {**NAMES, "nginx": NGINX}.items():
         assert images[image]["name"] == name
         assert images[image]["ref"] == f"{name}:{images[image]['tag']}"
     assert record()["profile"] == "blackwell-cuda12.8"
@@ -91,13 +94,104 @@ def test_package_image_tags_carry_the_package_version_and_a_content_hash():
         assert re.fullmatch("[0-9a-f]{12}", digest), digest
 
 
-@pytest.mark.parametrize("image", RUNTIME)
+@pytest.mark.parametrize("image", [*RUNTIME, "nginx"])
 def test_image_exists_with_the_labels_of_its_key(image):
     labels = inspect(ref(image))["Config"]["Labels"]
     assert labels["io.gpuserve.image"] == image
     assert labels["io.gpuserve.key"] == record()["images"][image]["key"]
     assert labels["io.gpuserve.profile"] == "blackwell-cuda12.8"
     assert labels["io.gpuserve.recipe"] == record()["images"][image]["recipe"]
+
+
+def test_nginx_image_tag_is_its_key_a_content_hash():
+    image = record()["images"]["nginx"]
+    assert re.fullmatch("[0-9a-f]{12}", image["tag"]), image["tag"]
+    assert image["key"] == image["tag"]
+    assert inspect(ref("nginx"))["Config"]["Labels"]["io.gpuserve.key"] == image["tag"]
+
+
+def nginx_sh(script: str, *mounts: str) -> subprocess.CompletedProcess:
+    """A shell script in a throwaway container of the nginx image (stderr folded into stdout)."""
+    volumes = [arg for m in mounts for arg in ("-v", m)]
+    return docker("run", "--rm", *volumes, ref("nginx"), "/bin/sh", "-c", f"exec 2>&1; {script}")
+
+
+def test_nginx_image_has_the_distribution_nginx_and_its_njs_module_enabled():
+    out = nginx_sh("nginx -V").stdout
+    assert out.startswith("nginx version: nginx/"), out
+    # Debian's packaging (what nginx_proxy's config expects): its paths and modules-enabled.
+    assert "--conf-path=/etc/nginx/nginx.conf" in out
+    assert "--modules-path=/usr/lib/nginx/modules" in out
+    nginx_sh("test -f /usr/lib/nginx/modules/ngx_http_js_module.so")
+    enabled = nginx_sh("cat /etc/nginx/modules-enabled/*.conf").stdout
+    assert re.search(r"^load_module\s+modules/ngx_http_js_module\.so;", enabled, re.M), enabled
+    assert (
+        "include /etc/nginx/modules-enabled/*.conf;" in nginx_sh("cat /etc/nginx/nginx.conf").stdout
+    )
+
+
+def test_nginx_image_has_curl_for_the_compose_health_check():
+    assert nginx_sh("curl --version").stdout.startswith("curl ")
+
+
+def test_nginx_image_has_no_default_site():
+    out = nginx_sh(
+        "ls -A /etc/nginx/sites-enabled/; test ! -e /etc/nginx/sites-enabled/default && echo absent"
+    )
+    assert out.stdout.split() == ["absent"], out.stdout
+
+
+def test_nginx_image_passes_nginx_t_with_its_stock_config():
+    out = nginx_sh("nginx -t").stdout
+    assert "test is successful" in out, out
+
+
+# The directives of roles/nginx_proxy's nginx.conf that need the Debian packaging and njs: user
+# www-data, modules-enabled, mime.types, the njs response_end script and its filters.
+NJS_CONFIG = """\
+user www-data;
+worker_processes 1;
+pid /run/nginx.pid;
+include /etc/nginx/modules-enabled/*.conf;
+events { worker_connections 64; }
+http {
+    include /etc/nginx/mime.types;
+    js_import gpuserve_response from /etc/nginx/gpuserve/gpuserve_response_end.js;
+    js_var $gpuserve_response_end -;
+    log_format gpuserve 'end=$gpuserve_response_end';
+    server {
+        listen 127.0.0.1:8080;
+        access_log /dev/stdout gpuserve;
+        location / {
+            js_header_filter gpuserve_response.header;
+            js_body_filter gpuserve_response.body buffer_type=buffer;
+            return 200 "ok\\n";
+        }
+    }
+}
+"""
+
+
+def test_nginx_image_serves_a_config_with_nginx_proxys_njs_script(tmp_path):
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(NJS_CONFIG)
+    conf.chmod(0o644)
+    njs = ROOT / "roles/nginx_proxy/files"
+    mounts = (f"{conf}:/etc/nginx/nginx.conf:ro", f"{njs}:/etc/nginx/gpuserve:ro")
+    # The owners of the nginx processes: root (master) and www-data (worker), from /proc (no ps).
+    out = nginx_sh(
+        "set -e; nginx -t; nginx; sleep 1; curl -fsS http://127.0.0.1:8080/; sleep 1;"
+        ' for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = nginx ]'
+        " && stat -c 'owner=%U' $p; done | sort -u",
+        *mounts,
+    ).stdout
+    assert "test is successful" in out, out
+    lines = out.split()
+    assert "ok" in lines, out
+    # The access log of that request: njs ran both filters to the response's last byte.
+    assert "end=complete" in lines, out
+    assert "owner=root" in lines, out
+    assert "owner=www-data" in lines, out
 
 
 def test_vllm_image_labels_carry_the_build():
