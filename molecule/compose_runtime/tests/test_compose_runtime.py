@@ -191,6 +191,9 @@ def test_a_blue_green_switch_under_load_loses_no_request(request, host) -> None:
     now = services()
     assert set(now) == {"vllm-tiny-v2", "gateway", "nginx"}, now
     assert "(healthy)" in now["vllm-tiny-v2"]
+    # The retired instance's model left the store; the new one is there.
+    assert host.file("/srv/models/tiny-v2@v2").is_directory
+    assert not host.file("/srv/models/tiny-v1@v1").exists
     gateway_yml = host.file("/etc/gpuserve/gateway.yml").content_string
     assert "tiny-v2" in gateway_yml
     assert "tiny-v1" not in gateway_yml
