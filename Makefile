@@ -13,7 +13,7 @@ ARGS      ?=
 # Default: every molecule/<name>/molecule.yml except the demo (see `make demo`), longest
 # first, so MOLECULE_JOBS (default 2) parallel lanes finish close together.
 NOT_IN_CI := demo
-LONGEST_FIRST := serve_rollout gpu_stack monitoring serve vllm_build triton_decommission compose_runtime container_images preflight
+LONGEST_FIRST := serve_rollout gpu_stack compose_runtime monitoring serve vllm_build triton_decommission container_images preflight
 ALL_SCENARIOS := $(filter-out $(NOT_IN_CI),$(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
 SCENARIOS ?= $(filter $(ALL_SCENARIOS),$(LONGEST_FIRST)) $(sort $(filter-out $(LONGEST_FIRST),$(ALL_SCENARIOS)))
 export MOLECULE_JOBS ?= 2

@@ -16,7 +16,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -207,7 +206,8 @@ def test_a_switch_whose_engine_fails_its_health_check_is_rolled_back(request, ho
     before = host.file(COMPOSE_FILE).content_string
     run = serve(request, [MODEL_V2, MODEL_STUCK])
     assert run.returncode != 0
-    assert "Health check failed" in run.stdout, run.stdout[-4000:]
+    # The YAML callback wraps long messages: compare with whitespace collapsed.
+    assert "Health check failed" in " ".join(run.stdout.split()), run.stdout[-4000:]
     now = services()
     assert set(now) == {"vllm-tiny-v2", "gateway", "nginx"}, now
     assert host.file(COMPOSE_FILE).content_string == before
@@ -218,10 +218,3 @@ def test_a_switch_whose_engine_fails_its_health_check_is_rolled_back(request, ho
 
 def request_ok() -> tuple[int, dict]:
     return through_nginx("/v1/completions", {"model": "tiny", "prompt": "hi", "max_tokens": 2})
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _back_to_converged(request):
-    """Leave the host as converge left it (tiny-v1) for the later steps."""
-    yield
-    serve(request, [MODEL_V1])
