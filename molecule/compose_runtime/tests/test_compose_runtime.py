@@ -184,7 +184,7 @@ def test_a_blue_green_switch_under_load_loses_no_request(request, host) -> None:
     finally:
         done.set()
         worker.join(timeout=60)
-    assert run.returncode == 0, run.stdout[-4000:]
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert count > 20, count
     assert failures == [], failures[:5]
     now = services()
@@ -206,8 +206,8 @@ def test_a_switch_whose_engine_fails_its_health_check_is_rolled_back(request, ho
     before = host.file(COMPOSE_FILE).content_string
     run = serve(request, [MODEL_V2, MODEL_STUCK])
     assert run.returncode != 0
-    # The YAML callback wraps long messages: compare with whitespace collapsed.
-    assert "Health check failed" in " ".join(run.stdout.split()), run.stdout[-4000:]
+    # Failures go to stderr (display_failed_stderr); the YAML callback wraps long messages.
+    assert "Health check failed" in " ".join(run.stderr.split()), run.stderr[-4000:]
     now = services()
     assert set(now) == {"vllm-tiny-v2", "gateway", "nginx"}, now
     assert host.file(COMPOSE_FILE).content_string == before

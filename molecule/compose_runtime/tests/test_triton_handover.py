@@ -129,7 +129,7 @@ def triton(host):
 def test_decommission_hands_triton_port_to_the_compose_nginx(request, host, triton) -> None:
     stack_before = containers(STACK)
     run = playbook(request, "decommission_triton.yml")
-    assert run.returncode == 0, run.stdout[-5000:]
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "triton" not in containers(PROJECT)
     assert containers(PROJECT)["log-shipper"] == "running"
     assert "triton:" not in (SHARED / "docker-compose.yml").read_text()
@@ -143,7 +143,7 @@ def test_decommission_hands_triton_port_to_the_compose_nginx(request, host, trit
 
 def test_rollback_gives_the_port_back_to_triton(request, host, triton) -> None:
     run = playbook(request, "rollback_triton.yml")
-    assert run.returncode == 0, run.stdout[-5000:]
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert containers(PROJECT)["triton"] == "running"
     assert "triton:" in (SHARED / "docker-compose.yml").read_text()
     assert not host.file(HANDOVER).exists
