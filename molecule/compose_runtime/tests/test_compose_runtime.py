@@ -207,7 +207,7 @@ def test_a_switch_whose_engine_fails_its_health_check_is_rolled_back(request, ho
     run = serve(request, [MODEL_V2, MODEL_STUCK])
     assert run.returncode != 0
     # Failures go to stderr (display_failed_stderr); the YAML callback wraps long messages.
-    assert "Health check failed" in " ".join(run.stderr.split()), run.stderr[-4000:]
+    assert "Health check failed" in " ".join((run.stdout + run.stderr).split()), run.stderr[-4000:]
     now = services()
     assert set(now) == {"vllm-tiny-v2", "gateway", "nginx"}, now
     assert host.file(COMPOSE_FILE).content_string == before
