@@ -85,10 +85,11 @@ def copy_checkout() -> None:
 
 
 def copy_collections() -> None:
-    """community.general, community.crypto (serve's roles) and ansible.posix (json callback)
-    from the controller's `ansible` package: Galaxy is unreachable from CI."""
+    """community.general, community.crypto (serve's roles), community.docker (the compose
+    runtime's module, resolved when site.yml is parsed) and ansible.posix (json callback) from
+    the controller's `ansible` package: Galaxy is unreachable from CI."""
     base = Path(sysconfig.get_paths()["purelib"]) / "ansible_collections"
-    wanted = ["community/general", "community/crypto", "ansible/posix"]
+    wanted = ["community/general", "community/crypto", "community/docker", "ansible/posix"]
     sh(f"rm -rf {COLLECTIONS} && mkdir -p {COLLECTIONS}")
     data = tar_of([(base / c, f"ansible_collections/{c}") for c in wanted])
     proc = docker("cp", "-", f"{HOST}:{COLLECTIONS}", stdin=data)

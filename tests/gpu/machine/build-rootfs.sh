@@ -3,8 +3,9 @@
 # file system of the GPU validation host's systemd machine (tests/gpu/machine/machine.sh):
 # Debian 13 (the project's gpuserve-test/debian13 test image: systemd 257, python3-apt) plus
 #   - ansible-core at the controller's pin and the collections the serving stages use
-#     (community.crypto, community.general, and ansible.posix for ansible.cfg's
-#     profile_tasks callback), copied from this checkout's .venv;
+#     (community.crypto, community.general, community.docker for the compose runtime's module,
+#     which serve.yml names, and ansible.posix for ansible.cfg's profile_tasks callback), copied
+#     from this checkout's .venv;
 #   - gcc and libc6-dev: Triton (torch.compile) compiles its CUDA launchers with the host's C
 #     compiler at run time;
 #   - /var/local/gpuserve-apt: a local apt repository (a fixture of an operator's mirror) with
@@ -37,7 +38,7 @@ docker exec "$name" mkdir -p /var/local/gpuserve-wheels /opt/gpuserve-src
 docker cp "$wheelhouse/." "$name:/var/local/gpuserve-wheels/"
 docker exec "$name" mkdir -p /usr/share/ansible/collections/ansible_collections/community \
   /usr/share/ansible/collections/ansible_collections/ansible
-for c in community/crypto community/general ansible/posix; do
+for c in community/crypto community/general community/docker ansible/posix; do
   docker cp "$coll/$c" "$name:/usr/share/ansible/collections/ansible_collections/$c"
 done
 nvml_reqs="$("$root/.venv/bin/python" - "$root/roles/monitoring/defaults/main.yml" <<'PY'
