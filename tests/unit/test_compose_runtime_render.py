@@ -225,6 +225,8 @@ def test_health_checks_and_start_order(project: dict[str, Any]) -> None:
     nginx = services["nginx"]
     assert nginx["depends_on"] == {"gateway": {"condition": "service_healthy"}}
     assert nginx["healthcheck"]["test"][-1] == "https://127.0.0.1:443/health"
+    # serving_drain's drain is `compose stop`: nginx's graceful quit, not SIGTERM's fast shutdown.
+    assert nginx["stop_signal"] == "SIGQUIT"
     for svc in services.values():
         check = svc["healthcheck"]
         assert (check["interval"], check["timeout"], check["retries"]) == ("5s", "4s", 3)
@@ -266,6 +268,8 @@ def test_only_nginx_listens_beyond_loopback(project: dict[str, Any]) -> None:
         "/etc/nginx/conf.d": True,
         "/etc/nginx/tls": True,
         "/etc/nginx/gpuserve": True,
+        # monitoring's scrape proxy serves the models' /metrics from their sockets.
+        "/run/vllm": True,
         "/var/log/nginx": False,
     }
 

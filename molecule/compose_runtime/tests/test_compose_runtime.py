@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -31,7 +32,8 @@ MODEL_V1 = {
     "max_model_len": 2048,
     "sim_args": {"ttft-ms": 5, "itl-ms": 2},
 }
-MODEL_V2 = MODEL_V1 | {"name": "tiny-v2", "revision": "v2"}
+# 5 ms per token: tests/test_drain.py's 2000-token stream runs 10 s, through the drain.
+MODEL_V2 = MODEL_V1 | {"name": "tiny-v2", "revision": "v2", "sim_args": {"ttft-ms": 5, "itl-ms": 5}}
 # Never healthy: /health answers 503 for 600 s, longer than its health_timeout.
 MODEL_STUCK = MODEL_V1 | {
     "name": "stuck",
@@ -148,8 +150,36 @@ def test_only_nginx_listens_beyond_loopback(host) -> None:
     listeners = [line.split()[3] for line in host.check_output("ss -Hltn").splitlines()]
     outside = [a for a in listeners if a.rsplit(":", 1)[0].strip("[]") not in ("127.0.0.1", "::1")]
     assert outside, listeners
-    assert {a.rsplit(":", 1)[1] for a in outside} <= {"80", "443", "8443"}, outside
+    # nginx_proxy's ports and monitoring's scrape port, all nginx's.
+    assert {a.rsplit(":", 1)[1] for a in outside} <= {"80", "443", "8443", "9180"}, outside
     assert "127.0.0.1:8080" in listeners  # the gateway, loopback only
+    assert "127.0.0.1:9100" in listeners  # the node exporter (a host service), loopback only
+
+
+SCRAPE = """
+import sys, urllib.request
+with urllib.request.urlopen("http://127.0.0.1:9180" + sys.argv[1], timeout=10) as r:
+    sys.stdout.write(r.read().decode())
+"""
+
+
+def test_monitoring_serves_every_source_from_the_compose_nginx(host) -> None:
+    """monitoring.yml under compose: its server block is in the compose nginx (the container's
+    nginx -T shows it), every proxied source answers on loopback with its metrics, and an
+    address outside the allowlist gets 403."""
+    conf_path = "/etc/nginx/conf.d/gpuserve-metrics.conf"
+    dump = docker("exec", f"{PROJECT}-nginx-1", "nginx", "-T")
+    assert f"# configuration file {conf_path}:" in dump
+    paths = re.findall(r"location = (/metrics/\S+) \{", host.file(conf_path).content_string)
+    assert set(paths) == {"/metrics/gateway", "/metrics/node", "/metrics/vllm/tiny"}, paths
+    expected = {"/metrics/gateway": "gpuserve_gateway_", "/metrics/node": "node_"}
+    for path in paths:
+        # The host's loopback (allowed): nginx's container shares the host's network namespace.
+        body = host.check_output("python3 -c %s %s", SCRAPE, path)
+        assert expected.get(path, "vllm:") in body, (path, body[:300])
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"http://{host_ip()}:9180/metrics/node", timeout=10)
+    assert refused.value.code == 403
 
 
 def test_an_access_log_line_per_request_on_the_host(host) -> None:

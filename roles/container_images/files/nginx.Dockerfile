@@ -14,7 +14,9 @@ LABEL io.gpuserve.image="nginx" \
       io.gpuserve.profile="${GPUSERVE_PROFILE}"
 # policy-rc.d 101: the packages' maintainer scripts must not start nginx during the build (only
 # when the base has none of its own, which then stays). The default site listens on port 80 of
-# every address: removed, the image serves only the config that is mounted into it.
+# every address: removed, the image serves only the config that is mounted into it. nginx's
+# workers (www-data) join the other images' gpuserve group (gid 10001, engine.Dockerfile): the
+# models' socket directory is theirs (0750), and monitoring's scrape proxy reads their /metrics.
 RUN set -eu; \
     created=""; \
     if [ ! -e /usr/sbin/policy-rc.d ]; then \
@@ -25,6 +27,7 @@ RUN set -eu; \
     rm -rf /var/lib/apt/lists/*; \
     if [ -n "$created" ]; then rm -f /usr/sbin/policy-rc.d; fi; \
     rm -f /etc/nginx/sites-enabled/default /etc/nginx/sites-available/default; \
+    groupadd --system --gid 10001 gpuserve; usermod --append --groups gpuserve www-data; \
     nginx -V 2>&1 | head -n 1; \
     ls /etc/nginx/modules-enabled/
 STOPSIGNAL SIGQUIT
