@@ -34,6 +34,16 @@ def check_mode_changes(
     return recap, out
 
 
+def assert_no_change(
+    inventory: str, playbook: Path, hosts: int, extra_args: list[str] | None = None
+) -> str:
+    """The --check run on exactly `hosts` hosts changed nothing on any; its output."""
+    recap, out = check_mode_changes(inventory, playbook, extra_args)
+    assert recap == dict.fromkeys(recap, 0), changed_tasks(out)
+    assert len(recap) == hosts, recap
+    return out
+
+
 def changed_tasks(out: str) -> list[str]:
     """The tasks that reported a change (`changed: [host]` lines under their TASK header)."""
     found, task = [], ""
