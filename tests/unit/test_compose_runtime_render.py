@@ -242,7 +242,12 @@ def test_limits_from_the_entry_or_the_defaults(project: dict[str, Any]) -> None:
     assert services["gateway"]["mem_limit"] == "4g"
     assert services["nginx"]["mem_limit"] == "1g"
     assert phi["ulimits"] == {"nofile": {"soft": 65536, "hard": 65536}}
-    assert phi["tmpfs"] == ["/tmp:mode=1777,size=2g"]
+    # Owned by the image's user: Docker 20.10 loses a tmpfs mode= when a stopped container starts.
+    assert phi["tmpfs"] == ["/tmp:uid=10001,gid=10001,mode=1777,size=2g"]
+    assert services["gateway"]["tmpfs"] == [
+        "/tmp:uid=10001,gid=10001,mode=1777,size=256m",
+        "/run/gpuserve-gateway:uid=10001,gid=10001,mode=1777,size=64m",
+    ]
 
 
 def test_only_nginx_listens_beyond_loopback(project: dict[str, Any]) -> None:
