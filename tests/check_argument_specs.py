@@ -26,7 +26,8 @@ COLLECTION = "gpuserve.vllm."
 _INCLUDE = re.compile(
     r"(?:import_tasks|include_tasks):\s*(?:\n\s+file:\s*)?['\"]?([\w./{}\s|'\"-]+?\.yml)"
 )
-_TEMPLATE = re.compile(r"src:\s*['\"]?([\w./-]+\.j2)")
+# A template the role renders itself (src:) or hands to a shared step (common_*_template:).
+_TEMPLATE = re.compile(r"(?:src|_template):\s*['\"]?([\w./-]+\.j2)")
 _TASKS_FROM = re.compile(r"name:\s*['\"]?([\w.]+)['\"]?\s*\n\s+tasks_from:\s*['\"]?([\w.-]+)")
 
 

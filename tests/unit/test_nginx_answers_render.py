@@ -68,3 +68,25 @@ def test_the_metrics_port_checks_the_address_before_any_location() -> None:
     server = conf[conf.index("server {") :]
     assert server.index("return 403;") < server.index("location")
     assert "allow " not in conf
+
+
+def test_the_vllm_locations_follow_the_instances_and_sit_in_the_allowlisted_server() -> None:
+    instances = [
+        {"name": "tiny", "uds": "/run/vllm/tiny-v2.sock"},
+        {"name": "phi-2", "base_url": "http://127.0.0.1:8001/"},
+    ]
+    locations = render(
+        "monitoring", "nginx-metrics-vllm.locations.j2", monitoring_vllm_instances=instances
+    )
+    assert re.findall(r"location = (\S+) \{\s*proxy_pass (\S+);", locations) == [
+        ("/metrics/vllm/tiny", "http://unix:/run/vllm/tiny-v2.sock:/metrics"),
+        ("/metrics/vllm/phi-2", "http://127.0.0.1:8001/metrics"),
+    ]
+    # An unknown model's path names the models served here (the allowlist answered first).
+    fallback = re.search(r"location /metrics/vllm/ \{\s*return 404 \"(.*?)\\n\";", locations)
+    assert fallback
+    assert fallback.group(1) == "gpuserve metrics: the models here: tiny phi-2"
+    server = render("monitoring", "nginx-metrics.conf.j2", monitoring_vllm_instances=instances)
+    assert "include /etc/nginx/conf.d/gpuserve-metrics-vllm.locations;" in server
+    assert server.index("return 403;") < server.index("include ")
+    assert "/metrics/vllm/tiny" not in server  # only in the file serve.yml rewrites

@@ -156,6 +156,7 @@ def test_only_nginx_listens_beyond_loopback(host) -> None:
     assert "127.0.0.1:9100" in listeners  # the node exporter (a host service), loopback only
 
 
+VLLM_LOCATIONS = "/etc/nginx/conf.d/gpuserve-metrics-vllm.locations"
 SCRAPE = """
 import sys, urllib.request
 with urllib.request.urlopen("http://127.0.0.1:9180" + sys.argv[1], timeout=10) as r:
@@ -170,7 +171,11 @@ def test_monitoring_serves_every_source_from_the_compose_nginx(host) -> None:
     conf_path = "/etc/nginx/conf.d/gpuserve-metrics.conf"
     dump = docker("exec", f"{PROJECT}-nginx-1", "nginx", "-T")
     assert f"# configuration file {conf_path}:" in dump
-    paths = re.findall(r"location = (/metrics/\S+) \{", host.file(conf_path).content_string)
+    assert f"# configuration file {VLLM_LOCATIONS}:" in dump  # included by the server block
+    paths = re.findall(
+        r"location = (/metrics/\S+) \{",
+        host.file(conf_path).content_string + host.file(VLLM_LOCATIONS).content_string,
+    )
     assert set(paths) == {"/metrics/gateway", "/metrics/node", "/metrics/vllm/tiny"}, paths
     expected = {"/metrics/gateway": "gpuserve_gateway_", "/metrics/node": "node_"}
     for path in paths:
@@ -226,6 +231,13 @@ def test_a_blue_green_switch_under_load_loses_no_request(request, host) -> None:
     gateway_yml = host.file("/etc/gpuserve/gateway.yml").content_string
     assert "tiny-v2" in gateway_yml
     assert "tiny-v1" not in gateway_yml
+    # monitoring's scrape proxy followed the switch (serve.yml alone, no monitoring.yml): the
+    # model's metrics come from the new engine's socket, not the retired one's (a 502).
+    proxy = host.file(VLLM_LOCATIONS).content_string
+    assert "tiny-v2.sock" in proxy, proxy
+    assert "tiny-v1" not in proxy, proxy
+    body = host.check_output("python3 -c %s %s", SCRAPE, "/metrics/vllm/tiny")
+    assert "vllm:" in body, body[:300]
     # The same models again: nothing changes.
     again = serve(request, [MODEL_V2])
     assert again.returncode == 0, again.stdout[-4000:]
