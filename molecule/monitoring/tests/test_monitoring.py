@@ -20,24 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import testinfra
 import yaml
+from conftest import GPU_HOST
 
 testinfra_hosts = ["monitoring"]
 
 ROOT = Path(__file__).resolve().parents[3]
-GPU_HOST = "monitoring-gpu-debian12"
 PROM = "http://127.0.0.1:9090"
 MODEL = "phi-2"
 API_KEY = "monitoring-test-key-not-secret"
 JOBS = {"prometheus", "gpuserve-gateway", "gpuserve-vllm", "gpuserve-node", "gpuserve-gpu"}
-
-
-@pytest.fixture(scope="module")
-def gpu(request):
-    return testinfra.get_host(
-        f"ansible://{GPU_HOST}", ansible_inventory=request.config.option.ansible_inventory
-    )
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:

@@ -11,22 +11,15 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-import testinfra
 import yaml
-from test_monitoring import GPU_HOST, MODEL, gpu_address, query, wait_for
+from conftest import GPU_HOST
+from test_monitoring import MODEL, gpu_address, query, wait_for
 
 testinfra_hosts = ["monitoring"]
 
 ROOT = Path(__file__).resolve().parents[3]
 SERVER_BLOCK = "/etc/nginx/conf.d/gpuserve-metrics.conf"
 VLLM_LOCATIONS = "/etc/nginx/conf.d/gpuserve-metrics-vllm.locations"
-
-
-@pytest.fixture(scope="module")
-def gpu(request):
-    inventory = request.config.option.ansible_inventory
-    return testinfra.get_host(f"ansible://{GPU_HOST}", ansible_inventory=inventory)
 
 
 def test_a_switch_by_serve_yml_alone_moves_the_models_metrics(request, host, gpu) -> None:
